@@ -1,0 +1,184 @@
+"""What every EVF DataModule shares: batch building, epoch-keyed sampling, one loader per split.
+
+Datasets implement `EVFDataset`: ``sample(index, epoch) -> Sample``, a pure function of its
+arguments and the dataset's seed. The sampler yields ``(epoch, index)`` keys, so the draws of an
+epoch do not depend on worker processes or on which rank asks. Distribution across processes is
+done here (Lightning's sampler replacement is switched off by the CLI): training shards are equal
+length per rank; evaluation shards are disjoint and unpadded, so every expression counts once.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from evf.datamodules.sample import Sample
+from evf.encoders import EncoderPreprocessor, build_preprocessor
+from evf.preprocessing import ImageSpec
+from evf.sam_backends import backend_image_spec
+
+Batch = dict[str, object]
+
+
+class EVFDataset(Dataset, ABC):
+    """A map-style dataset keyed by ``(epoch, index)``."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def sample(self, index: int, epoch: int) -> Sample:
+        """The sample at ``index`` for ``epoch`` (epoch only changes random choices, e.g. which
+        expressions of an image are drawn in training)."""
+
+    def __getitem__(self, key: tuple[int, int] | int) -> Sample:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        return self.sample(index, epoch)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)``: a permutation seeded by ``(seed, epoch)`` (or dataset order) sharded
+    over ranks. ``even=True`` truncates to equal shards (training); ``even=False`` gives disjoint,
+    unpadded shards (evaluation: each item exactly once)."""
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, even: bool = True) -> None:
+        self.size, self.seed, self.shuffle, self.even = size, seed, shuffle, even
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _indices(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=gen).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rank, world = self._rank_world()
+        indices = self._indices()
+        if self.even:
+            indices = indices[: (self.size // world) * world]
+        return iter([(self.epoch, i) for i in indices[rank::world]])
+
+    def __len__(self) -> int:
+        rank, world = self._rank_world()
+        if self.even:
+            return self.size // world
+        return math.ceil(max(self.size - rank, 0) / world)
+
+
+class BatchBuilder:
+    """Collate function: Samples -> the batch contract of docs/architecture.md.
+
+    Runs in DataLoader workers; holds only picklable preprocessing (tokenizer, image specs).
+    """
+
+    def __init__(self, encoder: EncoderPreprocessor, backend_image: ImageSpec, keep_images: bool = False) -> None:
+        self.encoder = encoder
+        self.backend_image = backend_image
+        self.keep_images = keep_images  # prediction keeps the originals to draw overlays
+
+    def __call__(self, samples: Sequence[Sample]) -> Batch:
+        texts = [t for s in samples for t in s.texts]
+        tokens = self.encoder.tokenize(texts)
+        counts = [len(s.texts) for s in samples]
+        batch: Batch = {
+            "sam_pixels": torch.stack([self.backend_image(s.image) for s in samples]),
+            "encoder_pixels": torch.stack([self.encoder.transform_image(s.image) for s in samples]),
+            "input_ids": tokens["input_ids"],
+            "attention_mask": tokens["attention_mask"],
+            "image_index": torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts)),
+            "input_sizes": [self.backend_image.resized_size(*s.image.shape[:2]) for s in samples],
+            "original_sizes": [tuple(s.image.shape[:2]) for s in samples],
+            "texts": texts,
+            "kinds": [k for s in samples for k in (s.kinds or [""] * len(s.texts))],
+            "image_ids": [s.image_id for s in samples],
+        }
+        if all(s.masks is not None for s in samples):
+            batch["masks"] = [torch.from_numpy(np.ascontiguousarray(s.masks)) for s in samples]
+        if self.keep_images:
+            batch["images"] = [s.image for s in samples]
+        return batch
+
+
+class EVFDataModule(L.LightningDataModule, ABC):
+    """Base DataModule: batches are prepared for the encoder and backend named in the config (the
+    CLI links ``model.encoder`` / ``model.tokenizer`` / ``model.backend`` here).
+
+    Args:
+        encoder: registered encoder name (decides tokenizer and encoder image transform).
+        tokenizer: tokenizer file or directory for that encoder (None = the encoder's default).
+        backend: registered SAM backend name (decides the backend image transform).
+        batch_size: images per training batch per process (each with up to a few expressions).
+        eval_batch_size: images per validation/test batch.
+        num_workers: DataLoader worker processes.
+        seed: seed of the training order and of every random draw in the datasets.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "beit3_large",
+        tokenizer: str | Path | None = None,
+        backend: str = "sam_vit_h",
+        batch_size: int = 16,
+        eval_batch_size: int = 8,
+        num_workers: int = 2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.encoder, self.tokenizer, self.backend = encoder, tokenizer, backend
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self._builder: BatchBuilder | None = None
+
+    @property
+    def builder(self) -> BatchBuilder:
+        if self._builder is None:
+            self._builder = BatchBuilder(build_preprocessor(self.encoder, self.tokenizer), backend_image_spec(self.backend))
+        return self._builder
+
+    @abstractmethod
+    def train_dataset(self) -> EVFDataset: ...
+
+    @abstractmethod
+    def eval_datasets(self, stage: str) -> dict[str, EVFDataset]:
+        """Named splits for ``stage`` in ``{"validate", "test"}``; one dataloader (and metric) each."""
+
+    def split_names(self, stage: str) -> list[str]:
+        return list(self.eval_datasets(stage))
+
+    def _loader(self, dataset: EVFDataset, batch_size: int, train: bool) -> DataLoader:
+        sampler = EpochSampler(len(dataset), seed=self.seed, shuffle=train, even=train)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=self.builder,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=train,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), self.batch_size, train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(d, self.eval_batch_size, False) for d in self.eval_datasets("validate").values()]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(d, self.eval_batch_size, False) for d in self.eval_datasets("test").values()]

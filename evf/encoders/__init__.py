@@ -1,0 +1,37 @@
+"""Multimodal encoders: read the expression (and, by fusion mode, the image) -> one vector each.
+
+Families register factories in `ENCODERS` under short names (``beit3_large``, ``beit3_tiny``, ...).
+Third-party encoders register through the ``evf.encoders`` entry-point group.
+"""
+
+from pathlib import Path
+
+from evf.encoders.base import ENCODERS, EncoderInfo, EncoderPreprocessor, MultimodalEncoder, Tokenizer
+from evf.encoders import beit3  # noqa: E402,F401  (registers the BEIT-3 family)
+
+
+def create_encoder(name: str, **kwargs) -> MultimodalEncoder:
+    """Build a registered encoder, e.g. ``create_encoder("beit3_large", tokenizer="beit3.spm")``."""
+    return ENCODERS.create(name, **kwargs)
+
+
+def list_encoders(pattern: str = "*") -> list[str]:
+    """Registered encoder names matching an fnmatch pattern."""
+    return ENCODERS.names(pattern)
+
+
+def build_preprocessor(name: str, tokenizer: str | Path | None = None) -> EncoderPreprocessor:
+    """The tokenizer and image transform of encoder ``name``, without building its weights."""
+    return EncoderPreprocessor(ENCODERS.info(name), tokenizer)
+
+
+__all__ = [
+    "ENCODERS",
+    "EncoderInfo",
+    "EncoderPreprocessor",
+    "MultimodalEncoder",
+    "Tokenizer",
+    "build_preprocessor",
+    "create_encoder",
+    "list_encoders",
+]

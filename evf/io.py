@@ -1,0 +1,40 @@
+"""Reading images robustly: any PIL mode to uint8 RGB, EXIF orientation applied, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class ImageReadError(OSError):
+    """An image file is missing, truncated or not an image; the message names the file."""
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read ``path`` as uint8 ``[H,W,3]`` RGB (grayscale, RGBA, CMYK, 16-bit and EXIF-rotated
+    images are converted; transparency is dropped)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise ImageReadError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"cannot read image {path}: {err}") from err
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """A file -> [file]; a folder -> its image files, sorted."""
+    path = Path(path)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [path]

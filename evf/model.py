@@ -1,0 +1,197 @@
+"""`EVFSAM`: multimodal encoder -> projector -> one sparse prompt token -> SAM backend.
+
+A pure ``nn.Module``: no Lightning, no losses. The SAM image encoder runs once per image; all
+expressions of all images in a batch decode in one mask-decoder call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from evf.encoders import MultimodalEncoder, create_encoder
+from evf.sam_backends import DecoderOutput, ImageFeatures, PointPrompts, SamBackend, create_backend
+
+
+@dataclass
+class TrainableParts:
+    """Which parts train (paper Table 4). The SAM image encoder is frozen in the paper."""
+
+    encoder: bool = True
+    projector: bool = True
+    prompt_encoder: bool = True
+    mask_decoder: bool = True
+    image_encoder: bool = False
+
+
+@dataclass
+class Prediction:
+    """Masks for the prompts of one image, at its original resolution."""
+
+    logits: torch.Tensor  # [n,H,W] float32
+    masks: torch.Tensor  # [n,H,W] bool (logits > threshold)
+    scores: torch.Tensor  # [n] predicted IoU of each mask
+
+
+class EVFSAM(nn.Module):
+    """Encoder + projector (Linear-ReLU-Linear to the backend's prompt width) + SAM backend.
+
+    Frozen parts have ``requires_grad=False`` and stay in eval mode even under ``.train()``, so their
+    normalisation statistics and dropout never change.
+    """
+
+    def __init__(self, encoder: MultimodalEncoder, backend: SamBackend, trainable: TrainableParts | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.backend = backend
+        dim = encoder.feature_dim
+        self.projector = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, backend.prompt_dim))
+        self.set_trainable(trainable or TrainableParts())
+
+    def parts(self) -> dict[str, nn.Module]:
+        """The five parts that the trainable flags refer to."""
+        return {
+            "encoder": self.encoder,
+            "projector": self.projector,
+            "image_encoder": self.backend.image_encoder,
+            "prompt_encoder": self.backend.prompt_encoder,
+            "mask_decoder": self.backend.mask_decoder,
+        }
+
+    def set_trainable(self, trainable: TrainableParts) -> None:
+        self.trainable = trainable
+        for name, module in self.parts().items():
+            module.requires_grad_(getattr(trainable, name))
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> EVFSAM:
+        super().train(mode)
+        for name, module in self.parts().items():
+            if not getattr(self.trainable, name):
+                module.eval()
+        return self
+
+    def encode_images(self, sam_pixels: torch.Tensor) -> ImageFeatures:
+        """``[B,3,S,S]`` -> backend image features; no autograd graph unless the image encoder trains."""
+        with torch.set_grad_enabled(self.trainable.image_encoder and torch.is_grad_enabled()):
+            return self.backend.encode_image(sam_pixels)
+
+    def prompt_tokens(
+        self,
+        encoder_pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Expressions -> ``[N,1,prompt_dim]`` sparse prompt tokens."""
+        features = self.encoder(encoder_pixels, input_ids, attention_mask, image_index)
+        return self.projector(features).unsqueeze(1)
+
+    def forward(
+        self,
+        sam_pixels: torch.Tensor | None,
+        encoder_pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor,
+        image_features: ImageFeatures | None = None,
+        points: PointPrompts | None = None,
+        boxes: torch.Tensor | None = None,
+    ) -> DecoderOutput:
+        """Low-resolution mask logits ``[N,1,h,w]`` for N expressions over B images.
+
+        Args:
+            sam_pixels: ``[B,3,S,S]`` backend-normalised images (None when ``image_features`` given).
+            encoder_pixels: ``[B,3,E,E]`` encoder-normalised images.
+            input_ids, attention_mask: ``[N,L]`` tokenised expressions.
+            image_index: ``[N]`` image of each expression.
+            image_features: precomputed backend features (e.g. from an embedding cache).
+            points, boxes: optional extra prompts in the backend's input frame.
+        """
+        if image_features is None:
+            if sam_pixels is None:
+                raise ValueError("EVFSAM.forward needs sam_pixels or image_features")
+            image_features = self.encode_images(sam_pixels)
+        tokens = self.prompt_tokens(encoder_pixels, input_ids, attention_mask, image_index)
+        return self.backend.decode(image_features, image_index, tokens, points=points, boxes=boxes)
+
+    def postprocess(
+        self,
+        low_res_logits: torch.Tensor,
+        image_index: torch.Tensor,
+        input_sizes: Sequence[tuple[int, int]],
+        original_sizes: Sequence[tuple[int, int]],
+    ) -> list[torch.Tensor]:
+        """``[N,1,h,w]`` -> list of B tensors ``[n_i,H_i,W_i]`` at the original resolutions."""
+        return [
+            self.backend.postprocess(low_res_logits[image_index == i], tuple(input_sizes[i]), tuple(original_sizes[i]))
+            for i in range(len(original_sizes))
+        ]
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, prompts: Sequence[str], threshold: float = 0.0) -> Prediction:
+        """Segment ``prompts`` in one uint8 ``[H,W,3]`` RGB image; the image encoder runs once."""
+        if not prompts:
+            raise ValueError("predict needs at least one prompt")
+        device = next(self.parameters()).device
+        dtype = next(self.encoder.parameters()).dtype
+        backend_spec = self.backend.info.image
+        tokens = self.encoder.preprocessor.tokenize(list(prompts))
+        image_index = torch.zeros(len(prompts), dtype=torch.long, device=device)
+        out = self(
+            sam_pixels=backend_spec(image)[None].to(device, dtype),
+            encoder_pixels=self.encoder.preprocessor.transform_image(image)[None].to(device, dtype),
+            input_ids=tokens["input_ids"].to(device),
+            attention_mask=tokens["attention_mask"].to(device),
+            image_index=image_index,
+        )
+        size = image.shape[:2]
+        logits = self.postprocess(out.logits.float(), image_index, [backend_spec.resized_size(*size)], [size])[0]
+        return Prediction(logits=logits, masks=logits > threshold, scores=out.iou[:, 0].float())
+
+
+def create_model(
+    encoder: str | MultimodalEncoder = "beit3_large",
+    backend: str | SamBackend = "sam_vit_h",
+    trainable: TrainableParts | dict[str, Any] | None = None,
+    encoder_kwargs: dict[str, Any] | None = None,
+    backend_kwargs: dict[str, Any] | None = None,
+) -> EVFSAM:
+    """Compose an `EVFSAM` from registry names or ready-built parts.
+
+    Example:
+        >>> model = create_model("beit3_tiny", "sam_tiny")
+        >>> model.projector[-1].out_features
+        64
+    """
+    if isinstance(encoder, str):
+        encoder = create_encoder(encoder, **(encoder_kwargs or {}))
+    elif encoder_kwargs:
+        raise ValueError("encoder_kwargs only apply when the encoder is given by name")
+    if isinstance(backend, str):
+        backend = create_backend(backend, **(backend_kwargs or {}))
+    elif backend_kwargs:
+        raise ValueError("backend_kwargs only apply when the backend is given by name")
+    if isinstance(trainable, dict):
+        trainable = TrainableParts(**trainable)
+    return EVFSAM(encoder, backend, trainable)
+
+
+def trainable_summary(model: EVFSAM) -> dict[str, dict[str, int]]:
+    """Parameter counts per part, split into trainable and frozen (works on the meta device)."""
+    out = {}
+    for name, module in model.parts().items():
+        params = list(module.parameters())
+        out[name] = {
+            "trainable": sum(p.numel() for p in params if p.requires_grad),
+            "frozen": sum(p.numel() for p in params if not p.requires_grad),
+        }
+    return out
+
+
+__all__ = ["EVFSAM", "Prediction", "TrainableParts", "create_model", "trainable_summary"]

@@ -1,0 +1,236 @@
+"""`EVFSAMModule`: the LightningModule around `EVFSAM` (loss, optimiser, metrics, logging)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+
+from evf.losses import mask_losses
+from evf.metrics import ReferringIoU
+from evf.model import EVFSAM, TrainableParts, create_model
+from evf.visualize import images_from_pixels, overlay_grid
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear decay (the paper's schedule) and optional linear warmup.
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay, applied to weight matrices only (not to norms, biases,
+            embeddings-as-tokens).
+        betas: AdamW betas.
+        warmup_steps: linear warmup from 0 to ``lr``.
+        schedule: ``linear`` decays to 0 at the last step; ``constant`` keeps ``lr``.
+        image_encoder_lr_scale: lr multiplier for the SAM image encoder when it trains.
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 0
+    schedule: Literal["linear", "constant"] = "linear"
+    image_encoder_lr_scale: float = 1.0
+
+
+@dataclass
+class LossWeights:
+    bce: float = 1.0
+    dice: float = 1.0
+
+
+class EVFSAMModule(L.LightningModule):
+    """Train and evaluate an EVF-SAM model.
+
+    Args:
+        encoder: registered encoder name, e.g. ``beit3_large``.
+        backend: registered SAM backend name, e.g. ``sam_vit_h``.
+        tokenizer: tokenizer file or directory for the encoder (None = its default).
+        encoder_checkpoint: path to the encoder's official weights (None = random init).
+        backend_checkpoint: path to the backend's official weights (None = random init).
+        encoder_kwargs: extra options of the encoder factory (fusion mode, ...).
+        backend_kwargs: extra options of the backend factory.
+        trainable: which parts train.
+        optim: optimiser and schedule.
+        loss: loss weights.
+        log_images_every_n_steps: how often a grid of predicted vs true masks goes to TensorBoard
+            (0 = never); the first validation batch is always logged.
+        num_logged_images: expressions in each logged grid.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "beit3_large",
+        backend: str = "sam_vit_h",
+        tokenizer: str | Path | None = None,
+        encoder_checkpoint: str | Path | None = None,
+        backend_checkpoint: str | Path | None = None,
+        encoder_kwargs: dict[str, Any] | None = None,
+        backend_kwargs: dict[str, Any] | None = None,
+        trainable: TrainableParts | None = None,
+        optim: OptimConfig | None = None,
+        loss: LossWeights | None = None,
+        log_images_every_n_steps: int = 500,
+        num_logged_images: int = 8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.trainable = trainable or TrainableParts()
+        self.optim = optim or OptimConfig()
+        self.loss_weights = loss or LossWeights()
+        self.log_images_every_n_steps = log_images_every_n_steps
+        self.num_logged_images = num_logged_images
+        self.model: EVFSAM = create_model(
+            encoder,
+            backend,
+            trainable=self.trainable,
+            encoder_kwargs={"tokenizer": tokenizer, "checkpoint": encoder_checkpoint, **(encoder_kwargs or {})},
+            backend_kwargs={"checkpoint": backend_checkpoint, **(backend_kwargs or {})},
+        )
+        self.val_metrics = nn.ModuleList()
+        self.test_metrics = nn.ModuleList()
+
+    # ---- steps -------------------------------------------------------------------------------
+    def _forward_batch(self, batch: dict) -> list[torch.Tensor]:
+        """Per-image mask logits ``[n_i,H_i,W_i]`` at original resolution."""
+        return self._decode(batch)[0]
+
+    def _decode(self, batch: dict) -> tuple[list[torch.Tensor], torch.Tensor]:
+        out = self.model(
+            sam_pixels=batch.get("sam_pixels"),
+            encoder_pixels=batch["encoder_pixels"],
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            image_index=batch["image_index"],
+            image_features=batch.get("image_features"),
+        )
+        logits = self.model.postprocess(out.logits, batch["image_index"], batch["input_sizes"], batch["original_sizes"])
+        return logits, out.iou[:, 0]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self._forward_batch(batch)
+        terms = mask_losses(logits, batch["masks"])
+        loss = self.loss_weights.bce * terms["bce"] + self.loss_weights.dice * terms["dice"]
+        n = len(batch["texts"])
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=n)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        every = self.log_images_every_n_steps
+        if every and self.global_step % every == 0:
+            self._log_overlays("train", batch, logits)
+        return loss
+
+    def _eval_step(self, stage: str, batch: dict, batch_idx: int, dataloader_idx: int) -> None:
+        logits = self._forward_batch(batch)
+        metric = (self.val_metrics if stage == "val" else self.test_metrics)[dataloader_idx]
+        for pred, target in zip(logits, batch["masks"], strict=True):
+            metric.update(pred > 0, target)
+        if batch_idx == 0 and dataloader_idx == 0:
+            self._log_overlays(stage, batch, logits)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, batch_idx, dataloader_idx)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, batch_idx, dataloader_idx)
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """One record per image: its prompts, logits ``[n,H,W]``, boolean masks and predicted IoUs."""
+        logits, iou = self._decode(batch)
+        index = batch["image_index"]
+        texts = batch["texts"]
+        return [
+            {
+                "texts": [t for t, j in zip(texts, index.tolist(), strict=True) if j == i],
+                "logits": lg.float(),
+                "masks": lg > 0,
+                "scores": iou[index == i].float(),
+            }
+            for i, lg in enumerate(logits)
+        ]
+
+    # ---- metrics: one ReferringIoU per named split -------------------------------------------
+    def _split_names(self, stage: str) -> list[str]:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "split_names"):
+            return dm.split_names(stage)
+        loaders = self.trainer.val_dataloaders if stage == "validate" else self.trainer.test_dataloaders
+        count = len(loaders) if isinstance(loaders, list | tuple) else 1
+        return [f"split{i}" for i in range(count)]
+
+    def _reset_metrics(self, metrics: nn.ModuleList, stage: str) -> None:
+        names = self._split_names(stage)
+        while len(metrics) < len(names):
+            metrics.append(ReferringIoU().to(self.device))
+        for m in metrics:
+            m.reset()
+
+    def _log_metrics(self, metrics: nn.ModuleList, stage: str, prefix: str) -> dict[str, float]:
+        results = {}
+        for name, metric in zip(self._split_names(stage), metrics, strict=False):
+            for key, value in metric.compute().items():
+                results[f"{prefix}/{name}/{key}"] = value
+        self.log_dict(results, add_dataloader_idx=False, sync_dist=False)
+        return {k: float(v) for k, v in results.items()}
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_metrics(self.val_metrics, "validate")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "validate", "val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_metrics(self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test", "test")
+
+    # ---- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict:
+        opt = torch.optim.AdamW(self._param_groups(), lr=self.optim.lr, betas=self.optim.betas)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup, schedule = self.optim.warmup_steps, self.optim.schedule
+
+        def factor(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            if schedule == "constant":
+                return 1.0
+            return max(0.0, (total - step) / max(total - warmup, 1))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _param_groups(self) -> list[dict]:
+        """Only trainable parts; weight decay on matrices only; image encoder at its own lr scale."""
+        groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+        for part, module in self.model.parts().items():
+            scale = self.optim.image_encoder_lr_scale if part == "image_encoder" else 1.0
+            for p in module.parameters():
+                if p.requires_grad:
+                    groups.setdefault((p.ndim >= 2, scale), []).append(p)
+        if not groups:
+            raise ValueError("nothing to train: every part is frozen (see `trainable`)")
+        return [
+            {"params": ps, "weight_decay": self.optim.weight_decay if decay else 0.0, "lr": self.optim.lr * scale}
+            for (decay, scale), ps in groups.items()
+        ]
+
+    # ---- logging -------------------------------------------------------------------------------
+    def _log_overlays(self, stage: str, batch: dict, logits: list[torch.Tensor]) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if self.num_logged_images <= 0 or not hasattr(experiment, "add_image") or not self.trainer.is_global_zero:
+            return
+        if batch.get("sam_pixels") is not None:
+            pixels, spec = batch["sam_pixels"], self.model.backend.info.image
+            input_sizes = batch["input_sizes"]
+        else:  # features came from a cache: show the encoder's view of the image instead
+            pixels, spec = batch["encoder_pixels"], self.model.encoder.preprocessor.image
+            input_sizes = [(spec.size, spec.size)] * len(batch["original_sizes"])
+        images = images_from_pixels(pixels, spec, input_sizes, batch["original_sizes"])
+        grid = overlay_grid(images, batch, [lg.detach().float() for lg in logits], self.num_logged_images)
+        experiment.add_image(f"{stage}/overlays", grid, self.global_step, dataformats="HWC")

@@ -1,0 +1,86 @@
+"""Image preprocessing shared by encoders and backends: uint8 HxWx3 numpy -> normalised tensors.
+
+Each encoder and backend declares its preprocessing as data (an `ImageSpec`), so the data side can
+build transforms from registry metadata without building any weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+Interpolation = Literal["bilinear", "bicubic"]
+ResizeMode = Literal["square", "longest_side_pad"]
+Resampler = Literal["torch", "pil"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF_MEAN = (0.5, 0.5, 0.5)
+HALF_STD = (0.5, 0.5, 0.5)
+PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a model wants its pixels.
+
+    Attributes:
+        size: side of the square model input.
+        mean: per-channel mean, on the scale given by ``pixel_scale``.
+        std: per-channel std, same scale.
+        pixel_scale: 255.0 when mean/std are on 0..255 pixels (SAM), 1.0 when on [0, 1].
+        resize: ``square`` stretches to size x size; ``longest_side_pad`` resizes the longest side to
+            ``size`` (aspect kept, as SAM's ``ResizeLongestSide``) and pads bottom/right with zeros
+            after normalisation.
+        interpolation: resampling filter of the resize.
+        resampler: ``torch`` resizes the float image as torchvision's tensor ``Resize`` does
+            (antialiased, unclamped); ``pil`` resizes the uint8 image with PIL as SAM's
+            ``ResizeLongestSide.apply_image`` does.
+    """
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pixel_scale: float = 1.0
+    resize: ResizeMode = "square"
+    interpolation: Interpolation = "bicubic"
+    resampler: Resampler = "torch"
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size of the image content after the resize step, before padding."""
+        if self.resize == "square":
+            return self.size, self.size
+        return longest_side_size(height, width, self.size)
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 ``[H,W,3]`` RGB -> float ``[3,size,size]``."""
+        check_rgb_uint8(image)
+        h, w = self.resized_size(*image.shape[:2])
+        if (h, w) != tuple(image.shape[:2]) and self.resampler == "pil":
+            image = np.asarray(Image.fromarray(image).resize((w, h), PIL_FILTERS[self.interpolation]))
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float()
+        if x.shape[1:] != (h, w):
+            x = F.interpolate(x[None], size=(h, w), mode=self.interpolation, antialias=True)[0]
+        mean = torch.tensor(self.mean).view(3, 1, 1) * (255.0 / self.pixel_scale)
+        std = torch.tensor(self.std).view(3, 1, 1) * (255.0 / self.pixel_scale)
+        x = (x - mean) / std
+        if self.resize == "longest_side_pad":
+            x = F.pad(x, (0, self.size - w, 0, self.size - h))
+        return x
+
+
+def longest_side_size(height: int, width: int, target: int) -> tuple[int, int]:
+    """Same arithmetic as ``segment_anything.utils.transforms.ResizeLongestSide.get_preprocess_shape``."""
+    scale = target * 1.0 / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def check_rgb_uint8(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
+        raise ValueError(f"expected an RGB image as a uint8 numpy array of shape [H,W,3], got {desc}")
