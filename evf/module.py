@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +44,15 @@ class LossWeights:
     dice: float = 1.0
 
 
+def _as(cls: type, value: Any) -> Any:
+    """None -> defaults; dict (from a checkpoint's hparams) -> dataclass; dataclass -> itself."""
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        return cls(**value)
+    return value
+
+
 class EVFSAMModule(L.LightningModule):
     """Train and evaluate an EVF-SAM model.
 
@@ -79,10 +88,12 @@ class EVFSAMModule(L.LightningModule):
         num_logged_images: int = 8,
     ) -> None:
         super().__init__()
+        self.trainable = _as(TrainableParts, trainable)
+        self.optim = _as(OptimConfig, optim)
+        self.loss_weights = _as(LossWeights, loss)
         self.save_hyperparameters()
-        self.trainable = trainable or TrainableParts()
-        self.optim = optim or OptimConfig()
-        self.loss_weights = loss or LossWeights()
+        # Checkpoints keep plain dicts (readable with weights_only=True), not dataclass objects.
+        self.hparams.update(trainable=asdict(self.trainable), optim=asdict(self.optim), loss=asdict(self.loss_weights))
         self.log_images_every_n_steps = log_images_every_n_steps
         self.num_logged_images = num_logged_images
         self.model: EVFSAM = create_model(

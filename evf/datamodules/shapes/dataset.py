@@ -1,0 +1,88 @@
+"""``ShapesDataset``: synthetic referring segmentation scenes as ``Sample`` records."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..sample import Sample
+from .scene import SPLITS, Scene, generate_scene
+
+_PICK_STREAM = 0x91C4  # keeps the expression picks apart from other streams drawn from the same seed
+
+
+class ShapesDataset(Dataset[Sample]):
+    """Synthetic scenes of coloured circles, squares and triangles with referring expressions.
+
+    The scene of item ``idx`` is a pure function of ``(seed, split, idx)``. In training
+    (``max_expressions`` set) an item holds up to ``max_expressions`` distinct objects with one
+    expression each, picked by a generator seeded from ``(seed, epoch, idx)``; with
+    ``max_expressions=None`` (validation, test) it holds every expression of every object.
+
+    Args:
+        split: which split; splits never share scenes.
+        num_images: number of scenes.
+        seed: non-negative base seed.
+        max_expressions: objects (one expression each) per item, or ``None`` for all expressions.
+        image_size: inclusive range ``(min, max)`` from which height and width are drawn.
+        num_objects: inclusive range ``(min, max)`` of objects per scene.
+    """
+
+    def __init__(
+        self,
+        split: Literal["train", "val", "test"],
+        num_images: int,
+        seed: int = 0,
+        max_expressions: int | None = 3,
+        image_size: tuple[int, int] = (112, 144),
+        num_objects: tuple[int, int] = (3, 5),
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown shapes split {split!r}; expected one of {SPLITS}")
+        if num_images < 0 or seed < 0:
+            raise ValueError(f"num_images and seed must be non-negative, got {num_images} and {seed}")
+        if max_expressions is not None and max_expressions < 1:
+            raise ValueError(f"max_expressions must be None or at least 1, got {max_expressions}")
+        self.split = split
+        self.num_images = num_images
+        self.seed = seed
+        self.max_expressions = max_expressions
+        self.image_size = tuple(image_size)
+        self.num_objects = tuple(num_objects)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose expression picks ``__getitem__`` returns."""
+        self.epoch = epoch
+
+    def image_id(self, idx: int) -> str:
+        """Stable identifier of scene ``idx``, e.g. ``shapes-train-s0-000042``."""
+        return f"shapes-{self.split}-s{self.seed}-{idx:06d}"
+
+    def scene(self, idx: int) -> Scene:
+        """The full scene record of item ``idx`` (objects with polygons, boxes and all expressions)."""
+        if not 0 <= idx < self.num_images:
+            raise IndexError(f"shapes {self.split} index {idx} out of range for {self.num_images} images")
+        return generate_scene(self.seed, self.split, idx, self.image_size, self.num_objects)
+
+    def __getitem__(self, idx: int) -> Sample:
+        scene = self.scene(idx)
+        if self.max_expressions is None:
+            chosen = [(i, e) for i, obj in enumerate(scene.objects) for e in obj.expressions]
+        else:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, _PICK_STREAM, self.epoch, idx]))
+            count = min(self.max_expressions, len(scene.objects))
+            picked = (int(i) for i in rng.choice(len(scene.objects), size=count, replace=False))
+            chosen = [(i, scene.objects[i].expressions[rng.integers(len(scene.objects[i].expressions))]) for i in picked]
+        return Sample(
+            image=scene.image,
+            masks=scene.masks[[i for i, _ in chosen]],
+            texts=[e.text for _, e in chosen],
+            image_id=self.image_id(idx),
+            kinds=[e.kind for _, e in chosen],
+        )

@@ -1,0 +1,48 @@
+"""The sentencepiece tokenizer of the shapes vocabulary, shipped as ``evf.assets.SHAPES_TOKENIZER``.
+
+A unigram model trained on every expression the generator can produce, plus the ``[semantic]``
+prefix other datasets put before class names. Training is deterministic (fixed corpus order,
+one thread, no shuffling, fixed random seed), so rebuilding reproduces the shipped file.
+The tiny BEIT-3 reads it through an XLM-R style tokenizer that adds ``<s> <pad> </s> <unk>`` and
+``<mask>`` around the sentencepiece ids, so ``pieces + 2`` must stay within its 512 ids.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import sentencepiece as spm
+
+from .expressions import expression_corpus
+
+SEMANTIC_PREFIX = "[semantic]"
+MAX_PIECES = 200  # a soft limit: the trainer stops earlier when the corpus allows no more pieces
+_TRAINER_SEED = 0
+
+
+def train_shapes_tokenizer(path: Path) -> int:
+    """Trains the shapes tokenizer and writes the sentencepiece model to ``path``.
+
+    Args:
+        path: output ``.model`` file; its folder must exist.
+
+    Returns:
+        The number of pieces in the model.
+    """
+    spm.set_random_generator_seed(_TRAINER_SEED)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([*expression_corpus(), SEMANTIC_PREFIX]),
+        model_writer=model,
+        model_type="unigram",
+        vocab_size=MAX_PIECES,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        user_defined_symbols=[SEMANTIC_PREFIX],
+        num_threads=1,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+    )
+    Path(path).write_bytes(model.getvalue())
+    return spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+import evf
+from evf.model import trainable_summary
+
+
+def _run(model, batch, rows=None):
+    """Low-res logits for the batch, or for a subset of its expressions (rows)."""
+    rows = torch.arange(len(batch["texts"])) if rows is None else rows
+    return model(
+        sam_pixels=batch["sam_pixels"],
+        encoder_pixels=batch["encoder_pixels"],
+        input_ids=batch["input_ids"][rows],
+        attention_mask=batch["attention_mask"][rows],
+        image_index=batch["image_index"][rows],
+    ).logits
+
+
+def test_multi_expression_batch_equals_one_by_one(tiny_model, shapes_batch):
+    model = tiny_model.eval()
+    with torch.no_grad():
+        together = _run(model, shapes_batch)
+        for n in range(len(shapes_batch["texts"])):
+            length = int(shapes_batch["attention_mask"][n].sum())
+            single = model(
+                sam_pixels=shapes_batch["sam_pixels"],
+                encoder_pixels=shapes_batch["encoder_pixels"],
+                input_ids=shapes_batch["input_ids"][n : n + 1, :length],  # no padding at all
+                attention_mask=shapes_batch["attention_mask"][n : n + 1, :length],
+                image_index=shapes_batch["image_index"][n : n + 1],
+            ).logits
+            torch.testing.assert_close(together[n : n + 1], single, atol=1e-4, rtol=1e-4)
+
+
+def test_image_encoder_runs_once_per_image(tiny_model, shapes_batch):
+    calls = []
+    tiny_model.backend.image_encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    _run(tiny_model, shapes_batch)
+    assert calls == [len(shapes_batch["original_sizes"])]
+    assert len(shapes_batch["texts"]) > len(shapes_batch["original_sizes"])
+
+
+def test_frozen_parts_get_no_grad_and_stay_in_eval(shapes_batch):
+    model = evf.create_model("beit3_tiny", "sam_tiny", trainable={"encoder": False, "image_encoder": False})
+    model.train()
+    assert not model.encoder.training and not model.backend.image_encoder.training
+    assert model.backend.mask_decoder.training
+    _run(model, shapes_batch).sum().backward()
+    parts = model.parts()
+    assert all(p.grad is None for p in parts["encoder"].parameters())
+    assert all(p.grad is None for p in parts["image_encoder"].parameters())
+    assert all(p.grad is not None for p in parts["projector"].parameters())
+    summary = trainable_summary(model)
+    assert summary["encoder"]["trainable"] == 0 and summary["encoder"]["frozen"] > 0
+
+
+def test_predict_returns_logits_and_masks_at_original_resolution(tiny_model):
+    image = np.random.default_rng(0).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    result = tiny_model.eval().predict(image, ["the red circle", "the square on the left"])
+    assert result.logits.shape == (2, 97, 131) and result.logits.dtype == torch.float32
+    assert result.masks.dtype == torch.bool and torch.equal(result.masks, result.logits > 0)
+    assert result.scores.shape == (2,)
+
+
+def test_predict_rejects_bad_input(tiny_model):
+    with pytest.raises(ValueError, match="uint8"):
+        tiny_model.predict(np.zeros((10, 10), dtype=np.float32), ["x"])
+    with pytest.raises(ValueError, match="at least one prompt"):
+        tiny_model.predict(np.zeros((10, 10, 3), dtype=np.uint8), [])
+
+
+def test_create_model_accepts_built_parts():
+    encoder = evf.create_encoder("beit3_tiny")
+    backend = evf.create_backend("sam_tiny")
+    model = evf.create_model(encoder=encoder, backend=backend)
+    assert model.encoder is encoder and model.backend is backend
+    assert model.projector[0].in_features == encoder.feature_dim
+    assert model.projector[-1].out_features == backend.prompt_dim
