@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 Interpolation = Literal["bilinear", "bicubic"]
-ResizeMode = Literal["square", "longest_side_pad"]
+ResizeMode = Literal["square", "longest_side_pad", "longest_side_stretch"]
 Resampler = Literal["torch", "pil"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,8 +36,11 @@ class ImageSpec:
         pixel_scale: 255.0 when mean/std are on 0..255 pixels (SAM), 1.0 when on [0, 1].
         resize: ``square`` stretches to size x size; ``longest_side_pad`` resizes the longest side to
             ``size`` (aspect kept, as SAM's ``ResizeLongestSide``) and pads bottom/right with zeros
-            after normalisation.
-        interpolation: resampling filter of the resize.
+            after normalisation; ``longest_side_stretch`` resizes the longest side to ``size`` as
+            ``longest_side_pad`` does, normalises, then stretches that to size x size with torch
+            bilinear interpolation (no antialiasing): the two-step resize of EVF-SAM's EfficientSAM
+            pipeline.
+        interpolation: resampling filter of the (first) resize.
         resampler: ``torch`` resizes the float image as torchvision's tensor ``Resize`` does
             (antialiased, unclamped); ``pil`` resizes the uint8 image with PIL as SAM's
             ``ResizeLongestSide.apply_image`` does.
@@ -52,15 +55,19 @@ class ImageSpec:
     resampler: Resampler = "torch"
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
-        """Size of the image content after the resize step, before padding."""
-        if self.resize == "square":
-            return self.size, self.size
-        return longest_side_size(height, width, self.size)
+        """Size of the image content in the model input: all of it except the padding of
+        ``longest_side_pad``."""
+        if self.resize == "longest_side_pad":
+            return longest_side_size(height, width, self.size)
+        return self.size, self.size
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         """uint8 ``[H,W,3]`` RGB -> float ``[3,size,size]``."""
         check_rgb_uint8(image)
-        h, w = self.resized_size(*image.shape[:2])
+        if self.resize == "square":
+            h, w = self.size, self.size
+        else:
+            h, w = longest_side_size(*image.shape[:2], self.size)
         if (h, w) != tuple(image.shape[:2]) and self.resampler == "pil":
             image = np.asarray(Image.fromarray(image).resize((w, h), PIL_FILTERS[self.interpolation]))
         x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float()
@@ -71,6 +78,8 @@ class ImageSpec:
         x = (x - mean) / std
         if self.resize == "longest_side_pad":
             x = F.pad(x, (0, self.size - w, 0, self.size - h))
+        elif self.resize == "longest_side_stretch":
+            x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
         return x
 
 

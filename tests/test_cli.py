@@ -23,8 +23,11 @@ TINY_FIT = [
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_config_parses_with_the_real_cli(config):
-    with torch.device("meta"):  # full-size models build without allocating weights
-        cli = EVFCLI(args=["--config", str(config)], run=False)
+    # Full-size models build on the meta device (no weights allocated); the trainer is put on the
+    # CPU so GPU/multi-process configs instantiate here too. Everything else is the shipped file.
+    on_cpu = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.num_nodes=1"]
+    with torch.device("meta"):
+        cli = EVFCLI(args=["--config", str(config), *on_cpu], run=False)
     assert cli.model.hparams.encoder == cli.datamodule.encoder  # links applied
     assert cli.model.hparams.backend == cli.datamodule.backend
 

@@ -5,21 +5,35 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from torch.utils.data import Dataset
 
+from ..base import EVFDataset
 from ..sample import Sample
+from .expressions import Expression
 from .scene import SPLITS, Scene, generate_scene
 
 _PICK_STREAM = 0x91C4  # keeps the expression picks apart from other streams drawn from the same seed
 
 
-class ShapesDataset(Dataset[Sample]):
+def _pick_expression(rng: np.random.Generator, expressions: tuple[Expression, ...]) -> Expression:
+    """A kind drawn uniformly among those present, then an expression of that kind."""
+    kinds = sorted({e.kind for e in expressions})
+    kind = kinds[rng.integers(len(kinds))]
+    of_kind = [e for e in expressions if e.kind == kind]
+    return of_kind[rng.integers(len(of_kind))]
+
+
+class ShapesDataset(EVFDataset):
     """Synthetic scenes of coloured circles, squares and triangles with referring expressions.
 
     The scene of item ``idx`` is a pure function of ``(seed, split, idx)``. In training
     (``max_expressions`` set) an item holds up to ``max_expressions`` distinct objects with one
-    expression each, picked by a generator seeded from ``(seed, epoch, idx)``; with
-    ``max_expressions=None`` (validation, test) it holds every expression of every object.
+    expression each, picked by a generator seeded from ``(seed, epoch, idx)``. The kind of each
+    expression is drawn uniformly among the object's kinds first, since position phrases outnumber
+    the others about 4 to 1 and would otherwise dominate training. With ``max_expressions=None``
+    (validation, test) an item holds every expression of every object.
+
+    ``dataset[idx]`` uses the epoch of ``set_epoch``; ``dataset[epoch, idx]`` and
+    ``sample(idx, epoch)`` name it explicitly (the ``EVFDataset`` contract).
 
     Args:
         split: which split; splits never share scenes.
@@ -57,7 +71,7 @@ class ShapesDataset(Dataset[Sample]):
         return self.num_images
 
     def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch whose expression picks ``__getitem__`` returns."""
+        """Selects the epoch whose expression picks ``dataset[idx]`` returns."""
         self.epoch = epoch
 
     def image_id(self, idx: int) -> str:
@@ -70,19 +84,24 @@ class ShapesDataset(Dataset[Sample]):
             raise IndexError(f"shapes {self.split} index {idx} out of range for {self.num_images} images")
         return generate_scene(self.seed, self.split, idx, self.image_size, self.num_objects)
 
-    def __getitem__(self, idx: int) -> Sample:
-        scene = self.scene(idx)
+    def sample(self, index: int, epoch: int) -> Sample:
+        """The item at ``index`` with the expression picks of ``epoch``."""
+        scene = self.scene(index)
         if self.max_expressions is None:
             chosen = [(i, e) for i, obj in enumerate(scene.objects) for e in obj.expressions]
         else:
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, _PICK_STREAM, self.epoch, idx]))
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, _PICK_STREAM, epoch, index]))
             count = min(self.max_expressions, len(scene.objects))
             picked = (int(i) for i in rng.choice(len(scene.objects), size=count, replace=False))
-            chosen = [(i, scene.objects[i].expressions[rng.integers(len(scene.objects[i].expressions))]) for i in picked]
+            chosen = [(i, _pick_expression(rng, scene.objects[i].expressions)) for i in picked]
         return Sample(
             image=scene.image,
             masks=scene.masks[[i for i, _ in chosen]],
             texts=[e.text for _, e in chosen],
-            image_id=self.image_id(idx),
+            image_id=self.image_id(index),
             kinds=[e.kind for _, e in chosen],
         )
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        return self.sample(index, epoch)

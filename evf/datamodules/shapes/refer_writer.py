@@ -76,7 +76,9 @@ def _annotation(ann_id: int, image_id: int, obj: ShapeObject, mask: np.ndarray) 
     }
 
 
-def _ref(ref_id: int, ann_id: int, image_id: int, split: str, file_name: str, obj: ShapeObject, sent_id: int) -> dict:
+def _ref(
+    ref_id: int, ann_id: int, image_id: int, split: str, file_name: str, obj: ShapeObject, sent_id: int
+) -> dict:
     """The REFER ref of one object, its sentences numbered from ``sent_id``."""
     sentences = [
         {"tokens": e.text.split(), "raw": e.text, "sent_id": sent_id + i, "sent": e.text}

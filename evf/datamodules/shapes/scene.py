@@ -103,7 +103,9 @@ def _place(
     return None
 
 
-def _layout(rng: np.random.Generator, height: int, width: int, count: int) -> list[tuple[str, str, Polygon]] | None:
+def _layout(
+    rng: np.random.Generator, height: int, width: int, count: int
+) -> list[tuple[str, str, Polygon]] | None:
     """``count`` non-overlapping (shape, colour, polygon) triples, or ``None`` if they do not fit."""
     placed: list[tuple[float, float, float]] = []
     layout = []

@@ -1,8 +1,13 @@
 """The sentencepiece tokenizer of the shapes vocabulary, shipped as ``evf.assets.SHAPES_TOKENIZER``.
 
-A unigram model trained on every expression the generator can produce, plus the ``[semantic]``
-prefix other datasets put before class names. Training is deterministic (fixed corpus order,
-one thread, no shuffling, fixed random seed), so rebuilding reproduces the shipped file.
+A unigram model trained on every expression the generator can produce, each of their words on a
+line of its own, and the ``[semantic]`` prefix other datasets put before class names. (The unigram
+trainer seeds its pieces from maximal repeated substrings; in templated text a word that is always
+followed by a space is not one, so without the word lines "the" would end up as "▁t h e".) The
+text is ASCII, so no normaliser is stored, which keeps the model under a kilobyte. Training is
+deterministic (fixed corpus order, one thread, no shuffling, fixed random seed), so rebuilding
+reproduces the shipped file.
+
 The tiny BEIT-3 reads it through an XLM-R style tokenizer that adds ``<s> <pad> </s> <unk>`` and
 ``<mask>`` around the sentencepiece ids, so ``pieces + 2`` must stay within its 512 ids.
 """
@@ -30,15 +35,18 @@ def train_shapes_tokenizer(path: Path) -> int:
     Returns:
         The number of pieces in the model.
     """
+    expressions = expression_corpus()
+    words = sorted({word for text in expressions for word in text.split()})
     spm.set_random_generator_seed(_TRAINER_SEED)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([*expression_corpus(), SEMANTIC_PREFIX]),
+        sentence_iterator=iter([*expressions, *words, SEMANTIC_PREFIX]),
         model_writer=model,
         model_type="unigram",
         vocab_size=MAX_PIECES,
         hard_vocab_limit=False,
         character_coverage=1.0,
+        normalization_rule_name="identity",
         user_defined_symbols=[SEMANTIC_PREFIX],
         num_threads=1,
         shuffle_input_sentence=False,

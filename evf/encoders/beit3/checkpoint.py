@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 
 from evf.checkpoint import CheckpointFormat, Rule
-from evf.encoders.beit3.modeling import TEXT, VISION, Plan
+from evf.encoders.beit3.fusion import TEXT, VISION, Plan
 
 _WAYS = (("A", VISION), ("B", TEXT))  # torchscale's MultiwayNetwork: A = vision copy, B = text copy
 _UNBUILT = "not built: no pass of this fusion mode / feature reads it"
@@ -45,7 +45,7 @@ def beit3_rules(prefix: str = "beit3.", plan: Plan | None = None) -> tuple[Rule,
     """
     p = re.escape(prefix)
     layer = rf"{p}encoder\.layers\.(\d+)\."
-    rules = list(_unbuilt_rules(p, plan)) if plan is not None else []
+    rules = _unbuilt_rules(p, plan) if plan is not None else []
     rules += [
         Rule(rf"{p}vision_embed\.mask_token", None, "masked-image-modelling token; EVF never masks patches"),
         Rule(rf"{p}vision_embed\.proj\.(weight|bias)", r"vision_embed.proj.\1"),
@@ -58,7 +58,10 @@ def beit3_rules(prefix: str = "beit3.", plan: Plan | None = None) -> tuple[Rule,
         rules += [
             Rule(rf"{layer}self_attn_layer_norm\.{way}\.(weight|bias)", rf"blocks.\1.attn_norm.{m}.\2"),
             Rule(rf"{layer}self_attn\.(q|k|v|out)_proj\.{way}\.(weight|bias)", rf"blocks.\1.attn.\2.{m}.\3"),
-            Rule(rf"{layer}self_attn\.inner_attn_ln\.{way}\.(weight|bias)", rf"blocks.\1.attn.inner_norm.{m}.\2"),
+            Rule(
+                rf"{layer}self_attn\.inner_attn_ln\.{way}\.(weight|bias)",
+                rf"blocks.\1.attn.inner_norm.{m}.\2",
+            ),
             Rule(rf"{layer}final_layer_norm\.{way}\.(weight|bias)", rf"blocks.\1.mlp_norm.{m}.\2"),
             Rule(rf"{layer}ffn\.{way}\.(fc1|fc2)\.(weight|bias)", rf"blocks.\1.mlp.{m}.\2.\3"),
             Rule(rf"{layer}ffn\.{way}\.ffn_layernorm\.(weight|bias)", rf"blocks.\1.mlp.{m}.norm.\2"),
@@ -74,9 +77,15 @@ def _unbuilt_rules(p: str, plan: Plan) -> list[Rule]:
     rules: list[Rule] = []
     for way, m in _WAYS:
         if m not in plan.embedded:
-            embed = r"vision_embed\.(proj\.(weight|bias)|cls_token|mask_token)" if m == VISION else r"text_embed\.weight"
-            rules += [Rule(rf"{p}{embed}", None, _UNBUILT),
-                      Rule(rf"{p}encoder\.embed_positions\.{way}\.weight", None, _UNBUILT)]
+            embed = (
+                r"vision_embed\.(proj\.(weight|bias)|cls_token|mask_token)"
+                if m == VISION
+                else r"text_embed\.weight"
+            )
+            rules += [
+                Rule(rf"{p}{embed}", None, _UNBUILT),
+                Rule(rf"{p}encoder\.embed_positions\.{way}\.weight", None, _UNBUILT),
+            ]
         if m not in plan.normed:
             rules.append(Rule(rf"{p}encoder\.layer_norm\.{way}\.(weight|bias)", None, _UNBUILT))
         for i in range(plan.depth):
@@ -86,8 +95,10 @@ def _unbuilt_rules(p: str, plan: Plan) -> list[Rule]:
                 rules.append(Rule(rf"{layer}{parts}\.{way}\.(weight|bias)", None, _UNBUILT))
             if m not in plan.queries(i):
                 parts = r"(self_attn\.(q_proj|out_proj|inner_attn_ln)|final_layer_norm)"
-                rules += [Rule(rf"{layer}{parts}\.{way}\.(weight|bias)", None, _UNBUILT),
-                          Rule(rf"{layer}ffn\.{way}\.(fc1|fc2|ffn_layernorm)\.(weight|bias)", None, _UNBUILT)]
+                rules += [
+                    Rule(rf"{layer}{parts}\.{way}\.(weight|bias)", None, _UNBUILT),
+                    Rule(rf"{layer}ffn\.{way}\.(fc1|fc2|ffn_layernorm)\.(weight|bias)", None, _UNBUILT),
+                ]
     return rules
 
 

@@ -7,17 +7,14 @@ blocks, a LayerNorm inside attention before the output projection and one inside
 ("sub-LN"), exact GELU, a final LayerNorm per modality, and learned positions that start at row 2
 of each modality's table (a fairseq convention; rows 0 and 1 are never read).
 
-The fusion mode (paper Table 3) decides which passes run, and a liveness analysis over the layers
-(`plan_fusion`) decides which parts exist: a part that no pass reads is not built. So every
-parameter gets a gradient, and the checkpoint remap drops exactly the tensors of unbuilt parts.
+The fusion mode decides which passes run and which parts exist (`evf.encoders.beit3.fusion`): a
+part that no pass reads is not built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from functools import partial
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -25,116 +22,21 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from evf.encoders.base import EncoderPreprocessor, MultimodalEncoder
+from evf.encoders.beit3.fusion import (
+    FEATURE_READS,
+    MODALITIES,
+    TEXT,
+    VISION,
+    Feature,
+    Fusion,
+    Pass,
+    Route,
+    plan_fusion,
+)
 
-Fusion = Literal["text", "late", "early"]
-Feature = Literal["cls_image", "cls_text", "avgpool_image", "concat"]
-VISION, TEXT = "vision", "text"
-MODALITIES = (VISION, TEXT)
-POSITION_OFFSET = 2
+POSITION_OFFSET = 2  # fairseq convention: position tables start at row 2
 Tokens = dict[str, torch.Tensor]
 """Hidden states per modality, ``[N,T_m,D]``, always in `MODALITIES` order."""
-
-FEATURE_READS: dict[str, tuple[str, ...]] = {
-    "cls_image": (VISION,),
-    "avgpool_image": (VISION,),
-    "cls_text": (TEXT,),
-    "concat": (VISION, TEXT),
-}
-
-
-def _ordered(modalities: Iterable[str]) -> tuple[str, ...]:
-    present = set(modalities)
-    return tuple(m for m in MODALITIES if m in present)
-
-
-@dataclass(frozen=True)
-class Route:
-    """What one layer computes in one pass.
-
-    Attributes:
-        queries: modalities whose tokens the layer updates and returns.
-        keys: modalities the layer reads and attends to (a superset of ``queries``).
-        joint: every query attends to every key; otherwise attention stays within each modality
-            (a block-diagonal mask when both modalities are present).
-    """
-
-    queries: tuple[str, ...]
-    keys: tuple[str, ...]
-    joint: bool
-
-
-@dataclass(frozen=True)
-class Pass:
-    """One run through the transformer: the embedded ``inputs`` and one route per layer."""
-
-    inputs: tuple[str, ...]
-    routes: tuple[Route, ...]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The passes of a fusion mode, and from them the parts the encoder builds."""
-
-    passes: tuple[Pass, ...]
-
-    @property
-    def depth(self) -> int:
-        return len(self.passes[0].routes)
-
-    @property
-    def embedded(self) -> tuple[str, ...]:
-        """Modalities whose embeddings (tokens and position table) are built."""
-        return _ordered(m for p in self.passes for m in p.inputs)
-
-    @property
-    def normed(self) -> tuple[str, ...]:
-        """Modalities whose final LayerNorm is built (those the feature reads)."""
-        return _ordered(m for p in self.passes for m in p.routes[-1].queries)
-
-    def queries(self, layer: int) -> tuple[str, ...]:
-        """Modalities with query-side parts in ``layer``: q, inner norm, out, FFN norm and FFN."""
-        return _ordered(m for p in self.passes for m in p.routes[layer].queries)
-
-    def keys(self, layer: int) -> tuple[str, ...]:
-        """Modalities with key-side parts in ``layer``: attention norm, k and v."""
-        return _ordered(m for p in self.passes for m in p.routes[layer].keys)
-
-
-def plan_fusion(fusion: Fusion, feature: Feature, depth: int, fusion_layers: int | None = None) -> Plan:
-    """Check a fusion/feature combination and plan its passes.
-
-    ``text``: one text-only pass, feature ``cls_text``. ``late``: an image-only and a text-only pass,
-    feature ``concat`` of both CLS tokens. ``early``: one joint pass where layers ``1..fusion_layers``
-    attend across modalities and later layers only within each (None: all layers joint).
-    """
-    if fusion not in get_args(Fusion) or feature not in get_args(Feature):
-        raise ValueError(f"unknown fusion {fusion!r} or feature {feature!r}")
-    if fusion == "text" and feature != "cls_text":
-        raise ValueError(f"fusion='text' reads no image, so feature must be 'cls_text', not {feature!r}")
-    if fusion == "late" and feature != "concat":
-        raise ValueError(f"fusion='late' concatenates both CLS tokens, so feature must be 'concat', not {feature!r}")
-    if fusion_layers is not None and (fusion != "early" or not 1 <= fusion_layers <= depth):
-        raise ValueError(f"fusion_layers={fusion_layers} needs fusion='early' and 1 <= fusion_layers <= {depth}")
-    if fusion == "text":
-        passes = (_plan_pass((TEXT,), (TEXT,), depth, depth),)
-    elif fusion == "late":
-        passes = (_plan_pass((VISION,), (VISION,), depth, depth), _plan_pass((TEXT,), (TEXT,), depth, depth))
-    else:
-        joint = depth if fusion_layers is None else fusion_layers
-        passes = (_plan_pass(MODALITIES, FEATURE_READS[feature], depth, joint),)
-    return Plan(passes)
-
-
-def _plan_pass(inputs: tuple[str, ...], outputs: tuple[str, ...], depth: int, joint_layers: int) -> Pass:
-    """Walk back from the outputs: a layer computes only the queries that later layers read."""
-    routes: list[Route] = []
-    needed = outputs
-    for layer in reversed(range(depth)):
-        joint = layer < joint_layers
-        keys = inputs if joint else needed
-        routes.append(Route(queries=needed, keys=keys, joint=joint))
-        needed = keys
-    return Pass(inputs, tuple(reversed(routes)))
 
 
 class Multiway(nn.ModuleDict):
@@ -179,7 +81,9 @@ class FeedForward(nn.Module):
 class MultiwayAttention(nn.Module):
     """Self-attention over the tokens of all key modalities, with per-modality projections."""
 
-    def __init__(self, dim: int, num_heads: int, queries: Iterable[str], keys: Iterable[str], eps: float) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, queries: Iterable[str], keys: Iterable[str], eps: float
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         linear = partial(nn.Linear, dim, dim)
@@ -215,8 +119,16 @@ class MultiwayAttention(nn.Module):
 class MultiwayBlock(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``, per modality."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, queries: tuple[str, ...], keys: tuple[str, ...],
-                 drop_path: float, eps: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        queries: tuple[str, ...],
+        keys: tuple[str, ...],
+        drop_path: float,
+        eps: float,
+    ) -> None:
         super().__init__()
         self.attn_norm = Multiway(partial(nn.LayerNorm, dim, eps=eps), keys)
         self.attn = MultiwayAttention(dim, num_heads, queries, keys, eps)
@@ -264,8 +176,10 @@ class TextEmbedding(nn.Module):
         """``[N,L]`` ids and mask (1 = real token) -> ``[N,L,D]``."""
         length = input_ids.shape[1]
         if length > self.pos_embed.shape[0] - POSITION_OFFSET:
-            raise ValueError(f"{length} text tokens, but this model has {self.pos_embed.shape[0]} positions "
-                             f"of which the first {POSITION_OFFSET} are reserved")
+            raise ValueError(
+                f"{length} text tokens, but this model has {self.pos_embed.shape[0]} positions "
+                f"of which the first {POSITION_OFFSET} are reserved"
+            )
         x = self.tokens(input_ids) + self.pos_embed[POSITION_OFFSET : POSITION_OFFSET + length]
         return x * attention_mask.unsqueeze(-1).to(x.dtype)
 
@@ -318,11 +232,25 @@ class BEiT3Encoder(MultimodalEncoder):
         grad_checkpointing: recompute each block in backward instead of storing activations.
     """
 
-    def __init__(self, *, img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int,
-                 vocab_size: int, preprocessor: EncoderPreprocessor, mlp_ratio: float = 4.0,
-                 max_source_positions: int = 1024, layernorm_eps: float = 1e-5, fusion: Fusion = "early",
-                 fusion_layers: int | None = None, feature: Feature = "cls_image", drop_path: float = 0.0,
-                 grad_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        img_size: int,
+        patch_size: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        vocab_size: int,
+        preprocessor: EncoderPreprocessor,
+        mlp_ratio: float = 4.0,
+        max_source_positions: int = 1024,
+        layernorm_eps: float = 1e-5,
+        fusion: Fusion = "early",
+        fusion_layers: int | None = None,
+        feature: Feature = "cls_image",
+        drop_path: float = 0.0,
+        grad_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         self.plan = plan_fusion(fusion, feature, depth, fusion_layers)
         self.fusion, self.feature = fusion, feature
@@ -331,18 +259,32 @@ class BEiT3Encoder(MultimodalEncoder):
         self.grad_checkpointing = grad_checkpointing
         embedded = self.plan.embedded
         self.vision_embed = VisionEmbedding(img_size, patch_size, embed_dim) if VISION in embedded else None
-        self.text_embed = TextEmbedding(vocab_size, embed_dim, max_source_positions) if TEXT in embedded else None
+        self.text_embed = (
+            TextEmbedding(vocab_size, embed_dim, max_source_positions) if TEXT in embedded else None
+        )
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            MultiwayBlock(embed_dim, num_heads, int(embed_dim * mlp_ratio), self.plan.queries(i), self.plan.keys(i),
-                          rate, layernorm_eps)
+            MultiwayBlock(
+                embed_dim,
+                num_heads,
+                int(embed_dim * mlp_ratio),
+                self.plan.queries(i),
+                self.plan.keys(i),
+                rate,
+                layernorm_eps,
+            )
             for i, rate in enumerate(rates)
         )
         self.norm = Multiway(partial(nn.LayerNorm, embed_dim, eps=layernorm_eps), self.plan.normed)
         self.apply(_init_weights)
 
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                image_index: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor,
+    ) -> torch.Tensor:
         """``[B,3,E,E]``, ``[N,L]``, ``[N,L]``, ``[N]`` -> ``[N, feature_dim]`` (see the class doc)."""
         tokens = self.forward_tokens(pixels, input_ids, attention_mask, image_index)
         if self.feature == "cls_image":
@@ -353,8 +295,13 @@ class BEiT3Encoder(MultimodalEncoder):
             return tokens[VISION][:, 1:].mean(dim=1)
         return torch.cat([tokens[VISION][:, 0], tokens[TEXT][:, 0]], dim=-1)
 
-    def forward_tokens(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       image_index: torch.Tensor) -> Tokens:
+    def forward_tokens(
+        self,
+        pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor,
+    ) -> Tokens:
         """Final normalised tokens of the modalities the feature reads, one row per expression.
 
         Returns:
@@ -364,14 +311,22 @@ class BEiT3Encoder(MultimodalEncoder):
         text_valid = attention_mask.bool()
         tokens: Tokens = {}
         for p in self.plan.passes:
-            out = self._run(self._embed(p.inputs, pixels, input_ids, attention_mask, image_index), text_valid, p)
+            out = self._run(
+                self._embed(p.inputs, pixels, input_ids, attention_mask, image_index), text_valid, p
+            )
             if p.inputs == (VISION,):  # the image-only pass ran once per image
                 out = {VISION: out[VISION][image_index]}
             tokens.update(out)
         return {m: tokens[m] for m in MODALITIES if m in tokens}
 
-    def _embed(self, inputs: tuple[str, ...], pixels: torch.Tensor, input_ids: torch.Tensor,
-               attention_mask: torch.Tensor, image_index: torch.Tensor) -> Tokens:
+    def _embed(
+        self,
+        inputs: tuple[str, ...],
+        pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor,
+    ) -> Tokens:
         """Embed the inputs of one pass; patches are embedded once per image and gathered per expression
         only for a joint pass."""
         xs: Tokens = {}

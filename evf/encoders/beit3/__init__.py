@@ -1,0 +1,152 @@
+"""The BEIT-3 encoder family: EVF-SAM's multimodal encoder (Wang et al., 2022, via unilm/torchscale).
+
+* `fusion`: the fusion modes and, per mode, which passes run and which parts are built (`Plan`).
+* `modeling`: the multiway transformer (`BEiT3Encoder`).
+* `checkpoint`: the remap of unilm's official ``.pth`` files (`UNILM_BEIT3`, `beit3_rules`).
+* `tokenizer`: the XLM-R style sentencepiece tokenizer (`build_beit3_tokenizer`).
+
+Variants are rows of `VARIANTS`; each registered factory hands its row to `_create_beit3`::
+
+    encoder = create_encoder("beit3_large", tokenizer="beit3.spm", checkpoint="beit3_large_patch16_224.pth",
+                             fusion="early", feature="cls_image")
+
+Images are preprocessed as EVF-SAM's ``beit3_preprocess``: ToTensor, a bicubic square resize of the
+float tensor, Normalize(0.5, 0.5).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from evf.assets import SHAPES_TOKENIZER
+from evf.checkpoint import load_checkpoint
+from evf.encoders.base import ENCODERS, EncoderInfo, EncoderPreprocessor
+from evf.encoders.beit3.checkpoint import UNILM_BEIT3, beit3_rules, unilm_beit3_format
+from evf.encoders.beit3.fusion import Feature, Fusion, plan_fusion
+from evf.encoders.beit3.modeling import BEiT3Encoder
+from evf.encoders.beit3.tokenizer import build_beit3_tokenizer
+from evf.preprocessing import HALF_MEAN, HALF_STD, ImageSpec
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "beit3_base": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, vocab_size=64010),
+    "beit3_large": dict(
+        img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16, vocab_size=64010
+    ),
+    "beit3_tiny": dict(
+        img_size=64,
+        patch_size=8,
+        embed_dim=128,
+        depth=4,
+        num_heads=4,
+        vocab_size=512,
+        max_source_positions=64,
+    ),
+}
+"""Architecture of each variant; any `BEiT3Encoder` size argument can be overridden at creation."""
+
+_OVERRIDABLE = (
+    "img_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "vocab_size",
+    "mlp_ratio",
+    "max_source_positions",
+    "layernorm_eps",
+)
+
+
+def _info(variant: str, max_text_tokens: int, default_tokenizer: Path | None = None) -> EncoderInfo:
+    image = ImageSpec(
+        VARIANTS[variant]["img_size"],
+        HALF_MEAN,
+        HALF_STD,
+        pixel_scale=1.0,
+        resize="square",
+        interpolation="bicubic",
+        resampler="torch",
+    )
+    tokenizer = partial(build_beit3_tokenizer, max_length=max_text_tokens, default=default_tokenizer)
+    return EncoderInfo(family="beit3", image=image, build_tokenizer=tokenizer)
+
+
+def _create_beit3(
+    variant: str,
+    *,
+    tokenizer: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    fusion: Fusion = "early",
+    fusion_layers: int | None = None,
+    feature: Feature = "cls_image",
+    drop_path: float = 0.0,
+    grad_checkpointing: bool = False,
+    **overrides: Any,
+) -> BEiT3Encoder:
+    """Build a variant, optionally loading unilm weights from ``checkpoint`` (strict, per fusion mode).
+
+    Args:
+        variant: a key of `VARIANTS`.
+        tokenizer: sentencepiece model file or directory; built lazily on first use.
+        checkpoint: unilm ``beit3_*_patch16_224.pth``; None keeps the random init.
+        fusion, fusion_layers, feature, drop_path, grad_checkpointing: see `BEiT3Encoder`.
+        **overrides: architecture fields replacing the variant's (e.g. ``depth=2``).
+
+    Raises:
+        TypeError: an override that is not an architecture field.
+    """
+    unknown = sorted(set(overrides) - set(_OVERRIDABLE))
+    if unknown:
+        raise TypeError(
+            f"{variant}: unknown argument(s) {', '.join(unknown)}; overridable: {', '.join(_OVERRIDABLE)}"
+        )
+    preprocessor = EncoderPreprocessor(ENCODERS.info(variant), tokenizer)
+    encoder = BEiT3Encoder(
+        **{**VARIANTS[variant], **overrides},
+        preprocessor=preprocessor,
+        fusion=fusion,
+        fusion_layers=fusion_layers,
+        feature=feature,
+        drop_path=drop_path,
+        grad_checkpointing=grad_checkpointing,
+    )
+    if checkpoint is not None:
+        load_checkpoint(encoder, checkpoint, unilm_beit3_format(encoder.plan))
+    return encoder
+
+
+@ENCODERS.register("beit3_base", info=_info("beit3_base", max_text_tokens=128))
+def beit3_base(**kwargs: Any) -> BEiT3Encoder:
+    """BEIT-3 base: 768 wide, 12 layers, 12 heads, 224 px, patch 16 (arguments: `_create_beit3`)."""
+    return _create_beit3("beit3_base", **kwargs)
+
+
+@ENCODERS.register("beit3_large", info=_info("beit3_large", max_text_tokens=128))
+def beit3_large(**kwargs: Any) -> BEiT3Encoder:
+    """BEIT-3 large: 1024 wide, 24 layers, 16 heads, 224 px, patch 16 (EVF-SAM's choice)."""
+    return _create_beit3("beit3_large", **kwargs)
+
+
+@ENCODERS.register(
+    "beit3_tiny", info=_info("beit3_tiny", max_text_tokens=62, default_tokenizer=SHAPES_TOKENIZER)
+)
+def beit3_tiny(**kwargs: Any) -> BEiT3Encoder:
+    """Tiny random-init BEIT-3 for tests and the quickstart: 128 wide, 4 layers, 64 px, patch 8;
+    its tokenizer defaults to the shapes sentencepiece model shipped in ``evf/assets``."""
+    return _create_beit3("beit3_tiny", **kwargs)
+
+
+__all__ = [
+    "UNILM_BEIT3",
+    "VARIANTS",
+    "BEiT3Encoder",
+    "beit3_base",
+    "beit3_large",
+    "beit3_rules",
+    "beit3_tiny",
+    "build_beit3_tokenizer",
+    "plan_fusion",
+    "unilm_beit3_format",
+]
