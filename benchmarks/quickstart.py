@@ -1,0 +1,98 @@
+"""Time the quickstart and break its validation cIoU down by expression type.
+
+    python benchmarks/quickstart.py            # runs `evf fit --config configs/quickstart.yaml`, then evaluates
+    python benchmarks/quickstart.py --run-dir runs/quickstart/version_0 --no-train
+
+Prints a Markdown report (wall time, learning curve, per-type cIoU/gIoU of the best checkpoint)
+and writes it to benchmarks/results/quickstart.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(extra: list[str]) -> tuple[Path, float]:
+    start = time.time()
+    cmd = [sys.executable, "-m", "evf.cli", "fit", "--config", str(ROOT / "configs/quickstart.yaml"), *extra]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    runs = sorted((ROOT / "runs/quickstart").glob("version_*"), key=os.path.getmtime)
+    return runs[-1], time.time() - start
+
+
+def learning_curve(run_dir: Path) -> list[tuple[int, float, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    ciou = {e.step: e.value for e in events.Scalars("val/shapes/val/ciou")}
+    giou = {e.step: e.value for e in events.Scalars("val/shapes/val/giou")}
+    return [(step, ciou[step], giou[step]) for step in sorted(ciou)]
+
+
+def per_kind(ckpt: Path) -> dict[str, dict[str, float]]:
+    """cIoU / gIoU per expression kind on the validation split, plus 'all'."""
+    from evf.datamodules import ShapesDataModule
+    from evf.metrics import ReferringIoU
+    from evf.module import EVFSAMModule
+
+    module = EVFSAMModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    config = module.hparams
+    data = ShapesDataModule(num_val=100, encoder=config.encoder, backend=config.backend, num_workers=0)
+    metrics: dict[str, ReferringIoU] = defaultdict(ReferringIoU)
+    with torch.no_grad():
+        for batch in data.val_dataloader()[0]:
+            logits = module._forward_batch(batch)
+            kinds = batch["kinds"]
+            n = 0
+            for pred, target in zip(logits, batch["masks"], strict=True):
+                for p, t in zip(pred, target, strict=True):
+                    for key in (kinds[n], "all"):
+                        metrics[key].update(p[None] > 0, t[None])
+                    n += 1
+    return {k: {name: float(v) for name, v in m.compute().items()} | {"count": int(m.count)} for k, m in metrics.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, help="an existing quickstart run (version_N folder)")
+    parser.add_argument("--no-train", action="store_true", help="only evaluate --run-dir")
+    args, extra = parser.parse_known_args()
+    wall = None
+    run_dir = args.run_dir
+    if not args.no_train:
+        run_dir, wall = train(extra)
+    best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))[-1]
+    report = {
+        "run_dir": str(run_dir),
+        "wall_seconds": wall,
+        "threads": torch.get_num_threads(),
+        "curve": learning_curve(run_dir),
+        "checkpoint": best.name,
+        "per_kind": per_kind(best),
+    }
+    out = ROOT / "benchmarks/results/quickstart.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wall time: {wall:.0f} s" if wall else "wall time: (not trained here)")
+    print("\n| step | val cIoU | val gIoU |\n|---|---|---|")
+    for step, c, g in report["curve"]:
+        print(f"| {step} | {c:.3f} | {g:.3f} |")
+    print("\n| expression type | expressions | cIoU | gIoU |\n|---|---|---|---|")
+    for kind, m in sorted(report["per_kind"].items()):
+        print(f"| {kind} | {m['count']} | {m['ciou']:.3f} | {m['giou']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
