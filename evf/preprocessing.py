@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 Interpolation = Literal["bilinear", "bicubic"]
-ResizeMode = Literal["square", "longest_side_pad", "longest_side_stretch"]
+ResizeMode = Literal["square", "longest_side_pad", "longest_side_stretch", "shortest_side_center_crop"]
 Resampler = Literal["torch", "pil"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,7 +39,9 @@ class ImageSpec:
             after normalisation; ``longest_side_stretch`` resizes the longest side to ``size`` as
             ``longest_side_pad`` does, normalises, then stretches that to size x size with torch
             bilinear interpolation (no antialiasing): the two-step resize of EVF-SAM's EfficientSAM
-            pipeline.
+            pipeline; ``shortest_side_center_crop`` resizes the shortest side to ``size`` (aspect
+            kept, as torchvision's ``Resize(size)``) and keeps the central size x size square (as
+            ``CenterCrop(size)``): CLIP's evaluation transform.
         interpolation: resampling filter of the (first) resize.
         resampler: ``torch`` resizes the float image as torchvision's tensor ``Resize`` does
             (antialiased, unclamped); ``pil`` resizes the uint8 image with PIL as SAM's
@@ -66,6 +68,8 @@ class ImageSpec:
         check_rgb_uint8(image)
         if self.resize == "square":
             h, w = self.size, self.size
+        elif self.resize == "shortest_side_center_crop":
+            h, w = shortest_side_size(*image.shape[:2], self.size)
         else:
             h, w = longest_side_size(*image.shape[:2], self.size)
         if (h, w) != tuple(image.shape[:2]) and self.resampler == "pil":
@@ -78,6 +82,9 @@ class ImageSpec:
         x = (x - mean) / std
         if self.resize == "longest_side_pad":
             x = F.pad(x, (0, self.size - w, 0, self.size - h))
+        elif self.resize == "shortest_side_center_crop":
+            top, left = round((h - self.size) / 2.0), round((w - self.size) / 2.0)
+            x = x[:, top : top + self.size, left : left + self.size]
         elif self.resize == "longest_side_stretch":
             x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
         return x
@@ -87,6 +94,14 @@ def longest_side_size(height: int, width: int, target: int) -> tuple[int, int]:
     """Same arithmetic as ``segment_anything.utils.transforms.ResizeLongestSide.get_preprocess_shape``."""
     scale = target * 1.0 / max(height, width)
     return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def shortest_side_size(height: int, width: int, target: int) -> tuple[int, int]:
+    """Same arithmetic as torchvision's ``Resize(target)`` (an int size): the shortest side becomes
+    ``target``, the longest ``int(target * long / short)``."""
+    if height <= width:
+        return target, int(target * width / height)
+    return int(target * height / width), target
 
 
 def check_rgb_uint8(image: np.ndarray) -> None:

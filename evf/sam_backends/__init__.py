@@ -1,6 +1,7 @@
 """SAM backends: frozen image encoder + prompt encoder + mask decoder, each family behind one
-`SamBackend` interface. Registered in `BACKENDS` (``sam_vit_h``, ``sam_tiny``, ...); third-party
-backends register through the ``evf.sam_backends`` entry-point group.
+`SamBackend` interface. Registered in `BACKENDS` (``sam_vit_h``, ``sam2.1_hiera_l``,
+``efficient_sam_vits``, ``sam_tiny``, ...); third-party backends register through the
+``evf.sam_backends`` entry-point group. See docs/backends.md.
 """
 
 from evf.preprocessing import ImageSpec
@@ -13,6 +14,8 @@ from evf.sam_backends.base import (
     SamBackend,
 )
 from evf.sam_backends import sam  # noqa: E402,F401  (registers the SAM family)
+from evf.sam_backends import sam2  # noqa: E402,F401  (registers the SAM 2 / 2.1 family)
+from evf.sam_backends import efficient_sam  # noqa: E402,F401  (registers EfficientSAM)
 
 
 def create_backend(name: str, **kwargs) -> SamBackend:
