@@ -14,14 +14,21 @@ class ImageReadError(OSError):
     """An image file is missing, truncated or not an image; the message names the file."""
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_rgb(path: str | Path, exif_transpose: bool = True) -> np.ndarray:
     """Read ``path`` as uint8 ``[H,W,3]`` RGB (grayscale, RGBA, CMYK, 16-bit and EXIF-rotated
-    images are converted; transparency is dropped)."""
+    images are converted; transparency is dropped).
+
+    Args:
+        path: the image file.
+        exif_transpose: apply the EXIF orientation, as viewers and ``cv2.imread`` do; False keeps
+            the stored pixel layout (for annotations drawn on the stored pixels).
+    """
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if exif_transpose:
+                img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img, dtype=np.float64)
                 img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
@@ -30,6 +37,30 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from err
+
+
+LABEL_MODES = ("L", "P", "I;16", "I;16B", "I;16L", "I")
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """Read a label map (one class id per pixel: 8-bit grey, palette or 16-bit PNG) as a 2-D array
+    of ids, without any colour conversion (a palette PNG gives its indices)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in LABEL_MODES:
+                raise ImageReadError(
+                    f"label map {path} has mode {img.mode}; expected a single-channel image of class ids "
+                    f"(one of {', '.join(LABEL_MODES)})"
+                )
+            return np.asarray(img)
+    except FileNotFoundError:
+        raise ImageReadError(f"label map not found: {path}") from None
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"cannot read label map {path}: {err}") from err
 
 
 def list_images(path: str | Path) -> list[Path]:

@@ -3,10 +3,48 @@
 `EVFDataModule` (base.py) prepares batches for the configured encoder and backend and shards data
 across processes; `ShapesDataModule` is the embedded synthetic default; `predict.py` holds the
 prompted-images input and mask writer of `evf predict`.
+
+The paper's datasets (docs/datasets.md has their layouts): `ReferDataset` (RefCOCO, RefCOCO+,
+RefCOCOg, RefCLEF), `GRefCOCODataset`, `ADE20KDataset`, `MapillaryDataset`, `Objects365Dataset`,
+`PartImageNetDataset`, `PascalPartDataset`, `HumanParsingDataset`; all derive from `FileDataset`
+(common.py: seeded draws, ``on_bad_sample``, ``augment``). `MixtureDataModule` (mixture.py) mixes
+any of them, described by `DatasetSpec` (catalog.py), with sampling rates and a resumable sampler.
 """
 
 from evf.datamodules.base import BatchBuilder, EpochSampler, EVFDataModule, EVFDataset
+from evf.datamodules.catalog import DatasetSpec, build_dataset
+from evf.datamodules.common import DataError, FileDataset
+from evf.datamodules.grefcoco import GRefCOCODataset
+from evf.datamodules.humanparsing import HumanParsingDataset
+from evf.datamodules.mixture import MixtureDataModule, MixtureDataset, MixtureSampler, ResumableDataLoader
+from evf.datamodules.objects365 import Objects365Dataset
+from evf.datamodules.parts import PartImageNetDataset, PascalPartDataset
+from evf.datamodules.refer import ReferDataset
 from evf.datamodules.sample import Sample
+from evf.datamodules.semantic import ADE20KDataset, MapillaryDataset
 from evf.datamodules.shapes_datamodule import ShapesDataModule
 
-__all__ = ["BatchBuilder", "EVFDataModule", "EVFDataset", "EpochSampler", "Sample", "ShapesDataModule"]
+__all__ = [
+    "ADE20KDataset",
+    "BatchBuilder",
+    "DataError",
+    "DatasetSpec",
+    "EVFDataModule",
+    "EVFDataset",
+    "EpochSampler",
+    "FileDataset",
+    "GRefCOCODataset",
+    "HumanParsingDataset",
+    "MapillaryDataset",
+    "MixtureDataModule",
+    "MixtureDataset",
+    "MixtureSampler",
+    "Objects365Dataset",
+    "PartImageNetDataset",
+    "PascalPartDataset",
+    "ReferDataset",
+    "ResumableDataLoader",
+    "Sample",
+    "ShapesDataModule",
+    "build_dataset",
+]
