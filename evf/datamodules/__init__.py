@@ -16,7 +16,8 @@ from evf.datamodules.catalog import DatasetSpec, build_dataset
 from evf.datamodules.common import DataError, FileDataset
 from evf.datamodules.grefcoco import GRefCOCODataset
 from evf.datamodules.humanparsing import HumanParsingDataset
-from evf.datamodules.mixture import MixtureDataModule, MixtureDataset, MixtureSampler, ResumableDataLoader
+from evf.datamodules.base import ResumableDataLoader
+from evf.datamodules.mixture import MixtureDataModule, MixtureDataset, MixtureSampler
 from evf.datamodules.objects365 import Objects365Dataset
 from evf.datamodules.parts import PartImageNetDataset, PascalPartDataset
 from evf.datamodules.refer import ReferDataset

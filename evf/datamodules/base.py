@@ -9,9 +9,10 @@ length per rank; evaluation shards are disjoint and unpadded, so every expressio
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -24,6 +25,8 @@ from evf.datamodules.sample import Sample
 from evf.encoders import EncoderPreprocessor, build_preprocessor
 from evf.preprocessing import ImageSpec
 from evf.sam_backends import backend_image_spec
+
+log = logging.getLogger(__name__)
 
 Batch = dict[str, object]
 
@@ -44,23 +47,38 @@ class EVFDataset(Dataset, ABC):
         return self.sample(index, epoch)
 
 
+def rank_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process (``(0, 1)`` without torch.distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(epoch, index)``: a permutation seeded by ``(seed, epoch)`` (or dataset order) sharded
     over ranks. ``even=True`` truncates to equal shards (training); ``even=False`` gives disjoint,
-    unpadded shards (evaluation: each item exactly once)."""
+    unpadded shards (evaluation: each item exactly once).
+
+    `resume` makes the next pass over an epoch skip the draws a checkpointed run had consumed;
+    ``len()`` stays the full epoch's (Lightning keeps counting from the restored batch index).
+    """
 
     def __init__(self, size: int, seed: int = 0, shuffle: bool = True, even: bool = True) -> None:
         self.size, self.seed, self.shuffle, self.even = size, seed, shuffle, even
         self.epoch = 0
+        self._skip: dict[int, int] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    @staticmethod
-    def _rank_world() -> tuple[int, int]:
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
+    def resume(self, epoch: int, consumed: int) -> None:
+        """Continue inside ``epoch``: its next pass skips the first ``consumed`` draws (all ranks)."""
+        self.epoch = epoch
+        self._skip = {epoch: consumed}
+
+    def signature(self) -> dict[str, int]:
+        """What must match for a saved position to be meaningful."""
+        return {"seed": self.seed, "size": self.size}
 
     def _indices(self) -> list[int]:
         if not self.shuffle:
@@ -69,17 +87,52 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return torch.randperm(self.size, generator=gen).tolist()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        rank, world = self._rank_world()
+        rank, world = rank_world()
         indices = self._indices()
         if self.even:
             indices = indices[: (self.size // world) * world]
+        indices = indices[self._skip.pop(self.epoch, 0) :]
         return iter([(self.epoch, i) for i in indices[rank::world]])
 
     def __len__(self) -> int:
-        rank, world = self._rank_world()
+        rank, world = rank_world()
         if self.even:
             return self.size // world
         return math.ceil(max(self.size - rank, 0) / world)
+
+
+class ResumableDataLoader(DataLoader):
+    """A training DataLoader whose position inside the epoch Lightning keeps in checkpoints.
+
+    Lightning calls ``state_dict()`` when it saves a checkpoint and ``load_state_dict()`` when it
+    resumes, before the first batch. The state is the sampler's epoch and how many of its draws the
+    training loop had finished (``batches_done()`` x batch size x world size); a checkpoint taken
+    at the end of an epoch points at the start of the next. Setting the epoch here matters: on
+    resume Lightning creates the worker iterator before it calls ``set_epoch``.
+
+    The sampler needs ``epoch``, ``resume(epoch, consumed)`` and ``signature()``.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: Sampler, batches_done: Callable[[], int], **kwargs) -> None:
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self.batches_done = batches_done
+
+    def state_dict(self) -> dict:
+        batches = self.batches_done()
+        epoch, consumed = self.sampler.epoch, batches * self.batch_size * rank_world()[1]
+        if batches >= len(self):
+            epoch, consumed = epoch + 1, 0
+        return {"epoch": epoch, "consumed": consumed, "sampler": self.sampler.signature()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["sampler"] != self.sampler.signature():
+            log.warning(
+                "the checkpoint's data order %s differs from this one %s: epoch %d restarts from its first draw",
+                state["sampler"], self.sampler.signature(), state["epoch"],
+            )  # fmt: skip
+            self.sampler.resume(state["epoch"], 0)
+            return
+        self.sampler.resume(state["epoch"], state["consumed"])
 
 
 class BatchBuilder:
@@ -162,20 +215,30 @@ class EVFDataModule(L.LightningDataModule, ABC):
     def split_names(self, stage: str) -> list[str]:
         return list(self.eval_datasets(stage))
 
+    def _loader_kwargs(self, batch_size: int, train: bool) -> dict:
+        return {
+            "batch_size": batch_size,
+            "collate_fn": self.builder,
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "drop_last": train,
+        }
+
     def _loader(self, dataset: EVFDataset, batch_size: int, train: bool) -> DataLoader:
         sampler = EpochSampler(len(dataset), seed=self.seed, shuffle=train, even=train)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=self.builder,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=train,
-        )
+        return DataLoader(dataset, sampler=sampler, **self._loader_kwargs(batch_size, train))
+
+    def resumable_loader(self, dataset: EVFDataset, sampler: Sampler) -> ResumableDataLoader:
+        """The training loader over ``sampler``, resumable mid-epoch from a checkpoint."""
+        return ResumableDataLoader(dataset, sampler, self._batches_done, **self._loader_kwargs(self.batch_size, True))
+
+    def _batches_done(self) -> int:
+        """Training batches of the current epoch the trainer has finished (restored on resume)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), self.batch_size, train=True)
+        dataset = self.train_dataset()
+        return self.resumable_loader(dataset, EpochSampler(len(dataset), seed=self.seed))
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(d, self.eval_batch_size, False) for d in self.eval_datasets("validate").values()]

@@ -3,7 +3,7 @@
 * `MixtureDataset` puts datasets behind one key space: ``(epoch, dataset_id, index)``.
 * `MixtureSampler` draws a fixed number of keys per epoch, a pure function of ``(seed, epoch)``,
   and shards them over ranks.
-* `ResumableDataLoader` lets Lightning save the position inside the epoch in a checkpoint and,
+* `ResumableDataLoader` (from base.py) lets Lightning save the position inside the epoch and,
   on resume, skip the consumed draws so the remaining ones are replayed exactly.
 * `MixtureDataModule` builds all of it from `DatasetSpec` lists (training mixture, named
   validation and test splits); ``configs/recipes/`` holds the paper's recipes.
@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
-from evf.datamodules.base import EVFDataModule, EVFDataset
+from evf.datamodules.base import EVFDataModule, EVFDataset, ResumableDataLoader, rank_world
 from evf.datamodules.catalog import DatasetSpec, build_dataset
 from evf.datamodules.common import OnBadSample, item_rng
 from evf.datamodules.sample import Sample
@@ -29,13 +28,6 @@ log = logging.getLogger(__name__)
 
 Key = tuple[int, int, int]  # (epoch, dataset_id, index)
 _MIX_STREAM = 0x3A1
-
-
-def rank_world() -> tuple[int, int]:
-    """``(rank, world size)`` of this process (``(0, 1)`` without torch.distributed)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class MixtureDataset(EVFDataset):
@@ -100,6 +92,10 @@ class MixtureSampler(Sampler[Key]):
         self.epoch = epoch
         self._skip = {epoch: consumed}
 
+    def signature(self) -> dict[str, int]:
+        """What must match for a saved position to be meaningful."""
+        return {"seed": self.seed, "num_samples": self.num_samples}
+
     def draws(self, epoch: int) -> list[tuple[int, int]]:
         """``(dataset_id, index)`` of every draw of ``epoch``, over all ranks, in order."""
         which = item_rng(self.seed, _MIX_STREAM, epoch).choice(
@@ -121,53 +117,6 @@ class MixtureSampler(Sampler[Key]):
 
     def __len__(self) -> int:
         return self.num_samples // rank_world()[1]
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader over a `MixtureSampler` whose position Lightning keeps in checkpoints.
-
-    Lightning calls ``state_dict()`` when it saves a checkpoint and ``load_state_dict()`` when it
-    resumes, before the first batch. The state is the sampler's epoch and how many of its draws the
-    training loop had finished (``batches_done()`` x batch size x world size); a checkpoint taken
-    at the end of an epoch points at the start of the next.
-
-    Args:
-        dataset: the mixture.
-        sampler: its sampler.
-        batches_done: batches of the current epoch that training has finished on this rank.
-        **kwargs: DataLoader arguments (``batch_size``, ``collate_fn``, ``num_workers``, ...).
-    """
-
-    def __init__(
-        self, dataset: MixtureDataset, sampler: MixtureSampler, batches_done: Callable[[], int], **kwargs
-    ) -> None:
-        super().__init__(dataset, sampler=sampler, **kwargs)
-        self.batches_done = batches_done
-
-    def state_dict(self) -> dict[str, int]:
-        sampler: MixtureSampler = self.sampler
-        batches = self.batches_done()
-        epoch, consumed = sampler.epoch, batches * self.batch_size * rank_world()[1]
-        if batches >= len(self):
-            epoch, consumed = epoch + 1, 0
-        return {
-            "epoch": epoch,
-            "consumed": consumed,
-            "seed": sampler.seed,
-            "num_samples": sampler.num_samples,
-        }
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        sampler: MixtureSampler = self.sampler
-        if (state["seed"], state["num_samples"]) != (sampler.seed, sampler.num_samples):
-            log.warning(
-                "the checkpoint's mixture (seed %d, %d samples per epoch) differs from this one "
-                "(seed %d, %d): epoch %d restarts from its first draw",
-                state["seed"], state["num_samples"], sampler.seed, sampler.num_samples, state["epoch"],
-            )  # fmt: skip
-            sampler.resume(state["epoch"], 0)
-            return
-        sampler.resume(state["epoch"], state["consumed"])
 
 
 class MixtureDataModule(EVFDataModule):
@@ -245,17 +194,4 @@ class MixtureDataModule(EVFDataModule):
         dataset = self.train_dataset()
         rates = [s.rate for s in self.specs["train"]]
         sampler = MixtureSampler([len(d) for d in dataset.datasets], rates, self.samples_per_epoch, self.seed)
-        return ResumableDataLoader(
-            dataset,
-            sampler,
-            self._batches_done,
-            batch_size=self.batch_size,
-            collate_fn=self.builder,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=True,
-        )
-
-    def _batches_done(self) -> int:
-        """Training batches of the current epoch the trainer has finished (restored on resume)."""
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return self.resumable_loader(dataset, sampler)
