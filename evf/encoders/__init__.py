@@ -1,6 +1,8 @@
 """Multimodal encoders: read the expression (and, by fusion mode, the image) -> one vector each.
 
-Families register factories in `ENCODERS` under short names (``beit3_large``, ``beit3_tiny``, ...).
+Families register factories in `ENCODERS` under short names (``beit3_large``, ``clip_vit_l14_openai``,
+``vilt_b32``, ``beit3_tiny``, ...): BEIT-3 (`beit3`), CLIP via open_clip (`clip`), ViLT via
+transformers (`vilt`); see docs/encoders.md.
 Third-party encoders register through the ``evf.encoders`` entry-point group.
 """
 
@@ -8,6 +10,8 @@ from pathlib import Path
 
 from evf.encoders.base import ENCODERS, EncoderInfo, EncoderPreprocessor, MultimodalEncoder, Tokenizer
 from evf.encoders import beit3  # noqa: E402,F401  (registers the BEIT-3 family)
+from evf.encoders import clip  # noqa: E402,F401  (registers the CLIP family)
+from evf.encoders import vilt  # noqa: E402,F401  (registers the ViLT family)
 
 
 def create_encoder(name: str, **kwargs) -> MultimodalEncoder:
