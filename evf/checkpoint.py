@@ -82,6 +82,23 @@ class CheckpointFormat:
         return out
 
 
+def prefix_rules(rules: Iterable[Rule], source: str = "", target: str = "") -> tuple[Rule, ...]:
+    """The same rules for keys nested one level deeper: each source pattern now starts with the
+    literal ``source`` prefix and each target with ``target`` (dropped rules stay dropped).
+
+    Composes formats, e.g. SAM's rules under EVF-SAM's ``visual_model.`` loading into
+    ``backend.sam.``. Group numbers are unchanged, so the targets' back-references still hold.
+    """
+    return tuple(
+        Rule(
+            re.escape(source) + f"(?:{r.pattern})",
+            None if r.target is None else target.replace("\\", "\\\\") + r.target,
+            r.reason,
+        )
+        for r in rules
+    )
+
+
 def read_state_dict(path: str | Path, containers: Iterable[str] = ("model", "state_dict", "module")) -> StateDict:
     """Read a ``.safetensors`` file or a torch file with ``weights_only=True`` (no pickle code runs),
     then unwrap the first container key present and strip a DDP ``module.`` prefix."""

@@ -2,6 +2,7 @@
 
     evf fit --config configs/quickstart.yaml
     evf predict --ckpt_path RUN.ckpt --image IMG --prompt "the red circle" --prompt "..." --output DIR
+    evf predict --ckpt_path RUN.ckpt --manifest prompts.csv --output DIR   # each image its own prompts
     evf <tool> --help          # extra tools, listed by `evf --help`
 """
 
@@ -10,16 +11,34 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from evf.datamodules import EVFDataModule
-from evf.datamodules.predict import MaskWriter, PredictDataModule
+from evf.datamodules.predict import PredictDataModule, collect_inputs
 from evf.module import EVFSAMModule
+from evf.prediction import MaskWriter
 
-# Extra tools: name -> (module:function, one-line help). Each is a typed function run by jsonargparse.
-TOOLS: dict[str, tuple[str, str]] = {}
+# Extra tools: name -> (module:function, one-line help). Each is a typed function run by jsonargparse,
+# or an `EVFCLI` subclass (a tool that reads training configs: `--config FILE` plus its own options).
+TOOLS: dict[str, tuple[str, str]] = {
+    "sweep": ("evf.sweep.commands:sweep", "train and evaluate a grid of configs (--grid FILE)"),
+    "sweep-report": ("evf.sweep.commands:sweep_report", "the table of a sweep directory (DIR)"),
+    "describe": ("evf.tools.describe:describe", "parameter counts per part (meta device)"),
+    "annotate-objects365": ("evf.tools.annotate_objects365:main", "SAM masks for Objects365 boxes"),
+    "cache-embeddings": ("evf.tools.cache_embeddings:CacheEmbeddingsCLI", "SAM image features to disk"),
+    "export": ("evf.tools.export:export", "a .ckpt in the released EVF-SAM layout (--ckpt_path, --output)"),
+}
 
 SUBCOMMAND_HELP = "subcommands: fit, validate, test, predict (LightningCLI; `evf SUBCOMMAND --help`)"
+
+
+class SaveFitConfig(SaveConfigCallback):
+    """Saves the resolved config beside the logs of a fit only (validate/test/predict runs would
+    otherwise drop a config.yaml into the working directory)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
 
 
 class EVFCLI(LightningCLI):
@@ -27,6 +46,8 @@ class EVFCLI(LightningCLI):
 
     * ``model.encoder`` / ``model.tokenizer`` / ``model.backend`` are linked into the datamodule,
       so batches are prepared for the configured encoder and backend.
+    * ``data.init_args.embedding_cache`` sets ``model.use_embedding_cache``: with a cache the model
+      builds no SAM image encoder.
     * Data defaults to the embedded synthetic shapes dataset.
     * Our datamodules shard data across processes themselves (no padded duplicates in
       evaluation), so Lightning's sampler replacement is off.
@@ -42,6 +63,7 @@ class EVFCLI(LightningCLI):
             auto_configure_optimizers=False,
             trainer_defaults={"use_distributed_sampler": False},
             parser_kwargs={"epilog": tools_epilog()},
+            save_config_callback=SaveFitConfig,
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,
@@ -52,33 +74,50 @@ class EVFCLI(LightningCLI):
         parser.set_defaults({"data": {"class_path": "evf.datamodules.ShapesDataModule"}})
         for key in ("encoder", "tokenizer", "backend"):
             parser.link_arguments(f"model.{key}", f"data.init_args.{key}", apply_on="parse")
+        # A datamodule that reads an embedding cache makes the model skip its image encoder.
+        parser.link_arguments(
+            "data.init_args.embedding_cache", "model.use_embedding_cache", uses_cache, apply_on="parse"
+        )
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
             group = parser.add_argument_group("Prompted images")
             group.add_argument("--image", action="append", help="Image file or folder (repeatable).")
-            group.add_argument("--prompt", action="append", help="Referring expression (repeatable).")
-            group.add_argument("--output", default="predictions", help="Folder for mask and overlay PNGs.")
+            group.add_argument("--prompt", action="append", help="Expression for every --image (repeatable).")
+            group.add_argument("--manifest", help="JSON or CSV file mapping images to their own prompts.")
+            group.add_argument("--output", default="predictions", help="Folder for the PNGs and JSON files.")
+            group.add_argument("--batch_size", type=int, default=1, help="Images per forward pass.")
         return parser
 
     def predict(self, model: EVFSAMModule, datamodule=None, **kwargs) -> None:
-        """With ``--image``: segment every prompt in every image and write PNGs to ``--output``."""
+        """With ``--image`` / ``--manifest``: segment every prompt of every image and write PNGs, RLE
+        masks and scores to ``--output``. Images that cannot be read are skipped and listed; the
+        command then exits with status 1."""
         cfg = self.config_init["predict"]
-        if not cfg.get("image"):
+        if not cfg.get("image") and not cfg.get("manifest"):
             self.trainer.predict(model, datamodule=datamodule, **kwargs)
             return
+        items = collect_inputs(cfg.get("image") or [], cfg.get("prompt") or [], cfg.get("manifest"))
         hp = model.hparams
-        data = PredictDataModule(cfg["image"], cfg["prompt"] or [], hp.encoder, hp.backend, hp.tokenizer)
-        self.trainer.callbacks.append(MaskWriter(cfg["output"]))
+        data = PredictDataModule(items, hp.encoder, hp.backend, hp.tokenizer, batch_size=cfg["batch_size"])
+        writer = MaskWriter(cfg["output"])
+        self.trainer.callbacks.append(writer)
         kwargs["return_predictions"] = False
         self.trainer.predict(model, datamodule=data, **kwargs)
+        if writer.writer.failures:
+            print(writer.writer.summary(), file=sys.stderr)
+            raise SystemExit(1)
 
 
 def tools_epilog() -> str:
     lines = [SUBCOMMAND_HELP, "extra tools:"]
     lines += [f"  evf {name:<20} {help_}" for name, (_, help_) in TOOLS.items()] or ["  (none)"]
     return "\n".join(lines)
+
+
+def uses_cache(embedding_cache: str | None) -> bool:
+    return embedding_cache is not None
 
 
 def _load_tool(target: str) -> Callable:
@@ -91,7 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in TOOLS:
         from jsonargparse import auto_cli
 
-        auto_cli(_load_tool(TOOLS[argv[0]][0]), args=argv[1:])
+        tool = _load_tool(TOOLS[argv[0]][0])
+        if isinstance(tool, type) and issubclass(tool, LightningCLI):  # a tool that reads training configs
+            tool(args=argv[1:])
+        else:
+            auto_cli(tool, args=argv[1:])
         return
     EVFCLI(args=argv)
 

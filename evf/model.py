@@ -77,7 +77,13 @@ class EVFSAM(nn.Module):
         return self
 
     def encode_images(self, sam_pixels: torch.Tensor) -> ImageFeatures:
-        """``[B,3,S,S]`` -> backend image features; no autograd graph unless the image encoder trains."""
+        """``[B,3,S,S]`` -> backend image features; no autograd graph unless the image encoder trains.
+
+        A frozen encoder runs under ``no_grad``, so none of its activations are kept. Not under
+        ``inference_mode``: SAM 2's decoder convolves the features with trainable weights, and
+        autograd refuses to save inference tensors for backward (a copy of the feature maps would
+        be needed). Both modes encode equally fast (benchmarks/README.md).
+        """
         with torch.set_grad_enabled(self.trainable.image_encoder and torch.is_grad_enabled()):
             return self.backend.encode_image(sam_pixels)
 
@@ -117,6 +123,9 @@ class EVFSAM(nn.Module):
             if sam_pixels is None:
                 raise ValueError("EVFSAM.forward needs sam_pixels or image_features")
             image_features = self.encode_images(sam_pixels)
+        else:  # e.g. bf16 rows of an embedding cache: decode in the decoder's own dtype
+            dtype = next(self.backend.mask_decoder.parameters()).dtype
+            image_features = {k: v.to(dtype) for k, v in image_features.items()}
         tokens = self.prompt_tokens(encoder_pixels, input_ids, attention_mask, image_index)
         return self.backend.decode(image_features, image_index, tokens, points=points, boxes=boxes)
 
@@ -134,22 +143,39 @@ class EVFSAM(nn.Module):
         ]
 
     @torch.no_grad()
-    def predict(self, image: np.ndarray, prompts: Sequence[str], threshold: float = 0.0) -> Prediction:
-        """Segment ``prompts`` in one uint8 ``[H,W,3]`` RGB image; the image encoder runs once."""
+    def predict(
+        self,
+        image: np.ndarray,
+        prompts: Sequence[str],
+        threshold: float = 0.0,
+        dtype: torch.dtype | None = None,
+    ) -> Prediction:
+        """Segment ``prompts`` in one uint8 ``[H,W,3]`` RGB image; the image encoder runs once.
+
+        Args:
+            image: the image.
+            prompts: referring expressions.
+            threshold: logit threshold of the masks.
+            dtype: compute dtype under ``torch.autocast`` (e.g. ``torch.bfloat16``), weights unchanged;
+                None computes in the weights' own dtype (``model.to(torch.bfloat16)`` runs all-bf16).
+                Logits are returned as float32 either way.
+        """
         if not prompts:
             raise ValueError("predict needs at least one prompt")
         device = next(self.parameters()).device
-        dtype = next(self.encoder.parameters()).dtype
         backend_spec = self.backend.info.image
         tokens = self.encoder.preprocessor.tokenize(list(prompts))
         image_index = torch.zeros(len(prompts), dtype=torch.long, device=device)
-        out = self(
-            sam_pixels=backend_spec(image)[None].to(device, dtype),
-            encoder_pixels=self.encoder.preprocessor.transform_image(image)[None].to(device, dtype),
-            input_ids=tokens["input_ids"].to(device),
-            attention_mask=tokens["attention_mask"].to(device),
-            image_index=image_index,
-        )
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = self(
+                sam_pixels=backend_spec(image)[None].to(device, next(self.backend.parameters()).dtype),
+                encoder_pixels=self.encoder.preprocessor.transform_image(image)[None].to(
+                    device, next(self.encoder.parameters()).dtype
+                ),
+                input_ids=tokens["input_ids"].to(device),
+                attention_mask=tokens["attention_mask"].to(device),
+                image_index=image_index,
+            )
         size = image.shape[:2]
         logits = self.postprocess(out.logits.float(), image_index, [backend_spec.resized_size(*size)], [size])[0]
         return Prediction(logits=logits, masks=logits > threshold, scores=out.iou[:, 0].float())

@@ -8,12 +8,16 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder_record, restore_image_encoder
 from evf.losses import mask_losses
 from evf.metrics import ReferringIoU
 from evf.model import EVFSAM, TrainableParts, create_model
-from evf.visualize import images_from_pixels, overlay_grid
+from evf.pretrained import ReleaseConfig, load_release_weights
+from evf.results import write_results
+from evf.visualize import attention_grid, images_from_pixels, overlay_grid
 
 
 @dataclass
@@ -70,6 +74,19 @@ class EVFSAMModule(L.LightningModule):
         log_images_every_n_steps: how often a grid of predicted vs true masks goes to TensorBoard
             (0 = never); the first validation batch is always logged.
         num_logged_images: expressions in each logged grid.
+        use_embedding_cache: read the SAM image features from the datamodule's embedding cache and
+            never build the image encoder (the CLI sets it from ``data.init_args.embedding_cache``).
+            Checkpoints then hold no image encoder and say so (see `evf.cache.training`).
+        compile_encoder: ``torch.compile`` the multimodal encoder (in place: checkpoint keys unchanged).
+        init_from: a released EVF-SAM checkpoint directory (`evf.pretrained`) loaded strictly into
+            the model after the per-part checkpoints; its config must name the same encoder and
+            backend.
+
+    TensorBoard gets the hyperparameters with ``hp/<stage>/<split>/<metric>`` metrics (HParams
+    view), loss terms, cIoU/gIoU per split, mask overlays and, for encoders with a
+    ``cls_attention`` method (BEIT-3), the [CLS]-to-image attention of the last layer (the paper's
+    Figure 5). Each evaluation also writes ``results_<stage>.md/.json`` (`evf.results`) to the
+    logger's directory.
     """
 
     def __init__(
@@ -86,12 +103,16 @@ class EVFSAMModule(L.LightningModule):
         loss: LossWeights | None = None,
         log_images_every_n_steps: int = 500,
         num_logged_images: int = 8,
+        use_embedding_cache: bool = False,
+        compile_encoder: bool = False,
+        init_from: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.trainable = _as(TrainableParts, trainable)
         self.optim = _as(OptimConfig, optim)
         self.loss_weights = _as(LossWeights, loss)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # logged with their hp/ metrics by _log_hparams
+        self._hparams_logged = False
         # Checkpoints keep plain dicts (readable with weights_only=True), not dataclass objects.
         self.hparams.update(trainable=asdict(self.trainable), optim=asdict(self.optim), loss=asdict(self.loss_weights))
         self.log_images_every_n_steps = log_images_every_n_steps
@@ -101,10 +122,34 @@ class EVFSAMModule(L.LightningModule):
             backend,
             trainable=self.trainable,
             encoder_kwargs={"tokenizer": tokenizer, "checkpoint": encoder_checkpoint, **(encoder_kwargs or {})},
-            backend_kwargs={"checkpoint": backend_checkpoint, **(backend_kwargs or {})},
+            backend_kwargs={
+                "checkpoint": backend_checkpoint,
+                **(backend_kwargs or {}),
+                **({"image_encoder": False} if use_embedding_cache else {}),
+            },
         )
+        if use_embedding_cache and self.trainable.image_encoder:
+            raise ValueError("use_embedding_cache needs a frozen SAM image encoder (trainable.image_encoder)")
+        if init_from is not None:
+            release = ReleaseConfig.read(init_from)
+            release.check_names(encoder, backend, init_from)
+            load_release_weights(self.model, init_from, release)
+        if compile_encoder:
+            self.model.encoder.compile()
         self.val_metrics = nn.ModuleList()
         self.test_metrics = nn.ModuleList()
+
+    # ---- embedding cache: checks and the checkpoint record (evf.cache.training) ---------------
+    def setup(self, stage: str) -> None:
+        check_datamodule_cache(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        record = image_encoder_record(self)
+        if record is not None:
+            checkpoint[RECORD_KEY] = record
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_image_encoder(self, checkpoint)
 
     # ---- steps -------------------------------------------------------------------------------
     def _forward_batch(self, batch: dict) -> list[torch.Tensor]:
@@ -150,7 +195,10 @@ class EVFSAMModule(L.LightningModule):
         self._eval_step("test", batch, batch_idx, dataloader_idx)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """One record per image: its prompts, logits ``[n,H,W]``, boolean masks and predicted IoUs."""
+        """One record per image: its prompts, logits ``[n,H,W]``, boolean masks and predicted IoUs
+        (none for a batch whose every image failed to load: `PromptedImages` reports those)."""
+        if not batch["image_ids"]:
+            return []
         logits, iou = self._decode(batch)
         index = batch["image_index"]
         texts = batch["texts"]
@@ -181,12 +229,45 @@ class EVFSAMModule(L.LightningModule):
             m.reset()
 
     def _log_metrics(self, metrics: nn.ModuleList, stage: str, prefix: str) -> dict[str, float]:
-        results = {}
-        for name, metric in zip(self._split_names(stage), metrics, strict=False):
-            for key, value in metric.compute().items():
-                results[f"{prefix}/{name}/{key}"] = value
+        """Log ``<prefix>/<split>/<metric>`` (and its ``hp/`` copy); rank 0 writes the results table."""
+        per_split = {
+            name: {key: float(value) for key, value in metric.compute().items()}
+            for name, metric in zip(self._split_names(stage), metrics, strict=False)
+        }
+        results = {f"{prefix}/{name}/{key}": v for name, vals in per_split.items() for key, v in vals.items()}
         self.log_dict(results, add_dataloader_idx=False, sync_dist=False)
-        return {k: float(v) for k, v in results.items()}
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero or not per_split:
+            return results
+        for logger in self.loggers:  # the HParams view's metrics (not in callback_metrics / results)
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_metrics({f"hp/{k}": v for k, v in results.items()}, step=self.global_step)
+        log_dir = getattr(self.logger, "log_dir", None)
+        if log_dir:
+            write_results(per_split, stage, log_dir, model=f"{self.hparams.encoder} + {self.hparams.backend}")
+        return results
+
+    def _log_hparams(self, stage: str, prefix: str) -> None:
+        """Once per run: hyperparameters with ``hp/<prefix>/<split>/<metric>`` metrics (NaN until the
+        first evaluation), so TensorBoard's HParams view lines up the runs of a sweep."""
+        if self._hparams_logged:
+            return
+        self._hparams_logged = True
+        names = self._split_names(stage)
+        metrics = {f"hp/{prefix}/{name}/{key}": float("nan") for name in names for key in ("ciou", "giou")}
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(self.hparams, metrics)
+            else:
+                logger.log_hyperparams(self.hparams)
+
+    def on_fit_start(self) -> None:
+        self._log_hparams("validate", "val")
+
+    def on_validation_start(self) -> None:
+        self._log_hparams("validate", "val")
+
+    def on_test_start(self) -> None:
+        self._log_hparams("test", "test")
 
     def on_validation_epoch_start(self) -> None:
         self._reset_metrics(self.val_metrics, "validate")
@@ -245,3 +326,10 @@ class EVFSAMModule(L.LightningModule):
         images = images_from_pixels(pixels, spec, input_sizes, batch["original_sizes"])
         grid = overlay_grid(images, batch, [lg.detach().float() for lg in logits], self.num_logged_images)
         experiment.add_image(f"{stage}/overlays", grid, self.global_step, dataformats="HWC")
+        cls_attention = getattr(self.model.encoder, "cls_attention", None)
+        rows = slice(0, min(self.num_logged_images, len(batch["texts"])))
+        inputs = (batch["input_ids"][rows], batch["attention_mask"][rows], batch["image_index"][rows])
+        attention = None if cls_attention is None else cls_attention(batch["encoder_pixels"], *inputs)
+        if attention is not None:
+            grid = attention_grid(images, batch, attention)
+            experiment.add_image(f"{stage}/attention", grid, self.global_step, dataformats="HWC")

@@ -16,7 +16,7 @@ from PIL import Image
 
 Interpolation = Literal["bilinear", "bicubic"]
 ResizeMode = Literal["square", "longest_side_pad", "longest_side_stretch", "shortest_side_center_crop"]
-Resampler = Literal["torch", "pil"]
+Resampler = Literal["torch", "pil", "torch_uint8"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,8 +44,13 @@ class ImageSpec:
             ``CenterCrop(size)``): CLIP's evaluation transform.
         interpolation: resampling filter of the (first) resize.
         resampler: ``torch`` resizes the float image as torchvision's tensor ``Resize`` does
-            (antialiased, unclamped); ``pil`` resizes the uint8 image with PIL as SAM's
-            ``ResizeLongestSide.apply_image`` does.
+            (unclamped; antialiased unless ``antialias`` is False); ``pil`` resizes the uint8 image
+            with PIL as SAM's ``ResizeLongestSide.apply_image`` does; ``torch_uint8`` resizes the
+            uint8 tensor with ``F.interpolate`` (no antialiasing, result rounded to uint8), as
+            EVF-SAM's ``inference.py`` does for SAM-2 and EfficientSAM.
+        antialias: with the ``torch`` resampler, low-pass filter when shrinking (torchvision's
+            default since 0.17). False is torchvision < 0.17's tensor resize, and what EVF-SAM's
+            ``beit3_preprocess`` asks for explicitly (``antialias=None``).
     """
 
     size: int
@@ -55,6 +60,7 @@ class ImageSpec:
     resize: ResizeMode = "square"
     interpolation: Interpolation = "bicubic"
     resampler: Resampler = "torch"
+    antialias: bool = True
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """Size of the image content in the model input: all of it except the padding of
@@ -74,9 +80,12 @@ class ImageSpec:
             h, w = longest_side_size(*image.shape[:2], self.size)
         if (h, w) != tuple(image.shape[:2]) and self.resampler == "pil":
             image = np.asarray(Image.fromarray(image).resize((w, h), PIL_FILTERS[self.interpolation]))
-        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float()
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
+        if x.shape[1:] != (h, w) and self.resampler == "torch_uint8":
+            x = F.interpolate(x[None], size=(h, w), mode=self.interpolation, align_corners=False)[0]
+        x = x.float()
         if x.shape[1:] != (h, w):
-            x = F.interpolate(x[None], size=(h, w), mode=self.interpolation, antialias=True)[0]
+            x = F.interpolate(x[None], size=(h, w), mode=self.interpolation, antialias=self.antialias)[0]
         mean = torch.tensor(self.mean).view(3, 1, 1) * (255.0 / self.pixel_scale)
         std = torch.tensor(self.std).view(3, 1, 1) * (255.0 / self.pixel_scale)
         x = (x - mean) / std

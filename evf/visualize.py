@@ -61,6 +61,29 @@ def overlay_grid(
     return _grid(tiles, columns)
 
 
+def heatmap(image: np.ndarray, attention: np.ndarray) -> np.ndarray:
+    """Blend an attention map ``[h,w]`` (any scale; upsampled bilinearly, scaled to its own maximum)
+    over ``image`` (uint8 HxWx3) in black -> red -> yellow."""
+    h, w = image.shape[:2]
+    a = np.asarray(Image.fromarray(attention.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
+    a = np.clip(a / max(float(a.max()), 1e-12), 0.0, 1.0)[..., None]
+    colour = np.concatenate([np.clip(2 * a, 0, 1), np.clip(2 * a - 1, 0, 1), np.zeros_like(a)], axis=-1) * 255
+    return (0.4 * image.astype(np.float32) + 0.6 * colour).astype(np.uint8)
+
+
+def attention_grid(
+    images: list[np.ndarray], batch: dict, attention: torch.Tensor, columns: int = 4
+) -> np.ndarray:
+    """The paper's Figure 5 view: for the first ``len(attention)`` expressions of a batch, the
+    [CLS]-to-patch attention ``[n,h,w]`` over the image, captioned with the expression."""
+    index = batch["image_index"].tolist()
+    tiles = [
+        captioned(heatmap(images[index[n]], attention[n].detach().float().cpu().numpy()), batch["texts"][n])
+        for n in range(len(attention))
+    ]
+    return _grid(tiles, columns)
+
+
 def images_from_pixels(
     pixels: torch.Tensor, spec, input_sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]]
 ) -> list[np.ndarray]:

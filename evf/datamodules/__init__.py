@@ -2,7 +2,7 @@
 
 `EVFDataModule` (base.py) prepares batches for the configured encoder and backend and shards data
 across processes; `ShapesDataModule` is the embedded synthetic default; `predict.py` holds the
-prompted-images input and mask writer of `evf predict`.
+prompted-images inputs of `evf predict` (files, folders, manifests; the writer is `evf.prediction`).
 
 The paper's datasets (docs/datasets.md has their layouts): `ReferDataset` (RefCOCO, RefCOCO+,
 RefCOCOg, RefCLEF), `GRefCOCODataset`, `ADE20KDataset`, `MapillaryDataset`, `Objects365Dataset`,

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from evf.cache.keys import pixel_hash
+from evf.cache.store import EmbeddingStore
 from evf.datamodules.sample import Sample
 from evf.encoders import EncoderPreprocessor, build_preprocessor
 from evf.preprocessing import ImageSpec
@@ -45,6 +47,18 @@ class EVFDataset(Dataset, ABC):
     def __getitem__(self, key: tuple[int, int] | int) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         return self.sample(index, epoch)
+
+    def image_key(self, index: int) -> str:
+        """Names the picture of item ``index``: the same key for every dataset reading the same
+        picture, different keys for different pictures. The embedding cache plans, deduplicates
+        and resumes by it (and checks the pixels by hash). The default goes through
+        ``sample(index, 0)``; datasets override it with a path that decodes nothing."""
+        return self.sample(index, 0).image_id
+
+    def load_image(self, index: int) -> np.ndarray:
+        """The uint8 ``[H,W,3]`` image of item ``index``, without drawing expressions. The default
+        goes through ``sample(index, 0)``; datasets override it with a cheaper path."""
+        return self.sample(index, 0).image
 
 
 def rank_world() -> tuple[int, int]:
@@ -138,20 +152,28 @@ class ResumableDataLoader(DataLoader):
 class BatchBuilder:
     """Collate function: Samples -> the batch contract of docs/architecture.md.
 
-    Runs in DataLoader workers; holds only picklable preprocessing (tokenizer, image specs).
+    Runs in DataLoader workers; holds only picklable preprocessing (tokenizer, image specs) and,
+    with an embedding cache, the store: batches then carry ``image_features`` (each ``[B,*shape]``,
+    in the store's dtype) read by each image's pixel hash instead of ``sam_pixels``.
     """
 
-    def __init__(self, encoder: EncoderPreprocessor, backend_image: ImageSpec, keep_images: bool = False) -> None:
+    def __init__(
+        self,
+        encoder: EncoderPreprocessor,
+        backend_image: ImageSpec,
+        keep_images: bool = False,
+        features: EmbeddingStore | None = None,
+    ) -> None:
         self.encoder = encoder
         self.backend_image = backend_image
         self.keep_images = keep_images  # prediction keeps the originals to draw overlays
+        self.features = features
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         texts = [t for s in samples for t in s.texts]
         tokens = self.encoder.tokenize(texts)
         counts = [len(s.texts) for s in samples]
         batch: Batch = {
-            "sam_pixels": torch.stack([self.backend_image(s.image) for s in samples]),
             "encoder_pixels": torch.stack([self.encoder.transform_image(s.image) for s in samples]),
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
@@ -162,6 +184,11 @@ class BatchBuilder:
             "kinds": [k for s in samples for k in (s.kinds or [""] * len(s.texts))],
             "image_ids": [s.image_id for s in samples],
         }
+        if self.features is None:
+            batch["sam_pixels"] = torch.stack([self.backend_image(s.image) for s in samples])
+        else:
+            rows = [self.features.read(pixel_hash(s.image), s.image_id) for s in samples]
+            batch["image_features"] = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
         if all(s.masks is not None for s in samples):
             batch["masks"] = [torch.from_numpy(np.ascontiguousarray(s.masks)) for s in samples]
         if self.keep_images:
@@ -181,6 +208,10 @@ class EVFDataModule(L.LightningDataModule, ABC):
         eval_batch_size: images per validation/test batch.
         num_workers: DataLoader worker processes.
         seed: seed of the training order and of every random draw in the datasets.
+        embedding_cache: directory of an embedding store (``evf cache-embeddings``): batches then
+            carry the cached SAM image features instead of ``sam_pixels`` (the CLI sets
+            ``model.use_embedding_cache`` from it). Refused when the datamodule augments
+            (a datamodule that can augment exposes an ``augment`` attribute).
     """
 
     def __init__(
@@ -192,17 +223,46 @@ class EVFDataModule(L.LightningDataModule, ABC):
         eval_batch_size: int = 8,
         num_workers: int = 2,
         seed: int = 0,
+        embedding_cache: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.encoder, self.tokenizer, self.backend = encoder, tokenizer, backend
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
+        self.embedding_cache = embedding_cache
         self._builder: BatchBuilder | None = None
+        self._store: EmbeddingStore | None = None
+
+    @property
+    def embedding_store(self) -> EmbeddingStore | None:
+        """The opened ``embedding_cache`` (None without one).
+
+        Raises:
+            ValueError: the datamodule augments its images, which cached features cannot follow.
+        """
+        if self.embedding_cache is None:
+            return None
+        self.check_cacheable()
+        if self._store is None:
+            self._store = EmbeddingStore(self.embedding_cache)
+        return self._store
+
+    def check_cacheable(self) -> None:
+        """Raise ValueError if this datamodule augments its images (cached features cannot follow)."""
+        if getattr(self, "augment", False):
+            raise ValueError(
+                "an embedding cache cannot serve a datamodule that augments its images (augment: true): "
+                "cached image features cannot follow random flips or colour changes; switch one of them off"
+            )
 
     @property
     def builder(self) -> BatchBuilder:
         if self._builder is None:
-            self._builder = BatchBuilder(build_preprocessor(self.encoder, self.tokenizer), backend_image_spec(self.backend))
+            self._builder = BatchBuilder(
+                build_preprocessor(self.encoder, self.tokenizer),
+                backend_image_spec(self.backend),
+                features=self.embedding_store,
+            )
         return self._builder
 
     @abstractmethod

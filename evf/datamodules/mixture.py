@@ -133,7 +133,8 @@ class MixtureDataModule(EVFDataModule):
             and brightness/contrast jitter, seeded per (seed, epoch, index).
         on_bad_sample: ``error`` stops at wrong data; ``skip`` logs it, counts it and moves on to
             the next valid item.
-        encoder, tokenizer, backend, batch_size, eval_batch_size, num_workers, seed: see `EVFDataModule`.
+        encoder, tokenizer, backend, batch_size, eval_batch_size, num_workers, seed, embedding_cache:
+            see `EVFDataModule` (the cache is refused with ``augment: true``).
     """
 
     def __init__(
@@ -152,8 +153,11 @@ class MixtureDataModule(EVFDataModule):
         eval_batch_size: int = 8,
         num_workers: int = 2,
         seed: int = 0,
+        embedding_cache: str | Path | None = None,
     ) -> None:
-        super().__init__(encoder, tokenizer, backend, batch_size, eval_batch_size, num_workers, seed)
+        super().__init__(
+            encoder, tokenizer, backend, batch_size, eval_batch_size, num_workers, seed, embedding_cache
+        )
         self.specs = {"train": list(train or []), "validate": list(val or []), "test": list(test or [])}
         for stage in ("validate", "test"):
             labels = [s.label for s in self.specs[stage]]

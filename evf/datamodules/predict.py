@@ -1,52 +1,177 @@
-"""Prediction inputs (images x prompts) and the writer of mask / overlay PNGs."""
+"""Prediction inputs: images (files, folders, a JSON / CSV manifest) with their prompts.
+
+An image that is missing or unreadable does not stop a run: `PromptedImages` returns a failure
+record for it (``{"image", "error"}``), the collate function (`PredictBatches`) puts those under
+``batch["failures"]`` beside the images that did load, and the writer (`evf.prediction`) reports
+them; ``evf predict`` exits non-zero at the end when any failed.
+
+Manifests map images to their prompts::
+
+    {"street.jpg": ["the red car", "the man on the left"], "photos/": ["the dog"]}
+    [{"image": "street.jpg", "prompts": ["the red car"]}, {"image": "cat.png", "prompt": "the cat"}]
+
+or, as CSV with a header, one ``image,prompt`` row per prompt (rows of one image may be apart).
+Relative paths are relative to the manifest's folder; a folder entry gives every image in it the
+same prompts.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-from lightning.pytorch.callbacks import BasePredictionWriter
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from evf.datamodules.base import BatchBuilder
+from evf.datamodules.base import Batch, BatchBuilder
 from evf.datamodules.sample import Sample
 from evf.encoders import build_preprocessor
-from evf.io import list_images, read_rgb
+from evf.io import ImageReadError, list_images, read_rgb
 from evf.sam_backends import backend_image_spec
-from evf.visualize import overlay
+
+
+@dataclass(frozen=True)
+class PromptedImage:
+    """One image file and the expressions to segment in it."""
+
+    path: Path
+    prompts: tuple[str, ...]
+
+
+def read_manifest(path: str | Path) -> list[PromptedImage]:
+    """Parse a JSON or CSV manifest (see the module docstring) into `PromptedImage` entries.
+
+    Raises:
+        ValueError: an unknown suffix, a malformed entry or an image without prompts (named).
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        entries = _json_entries(json.loads(path.read_text()), path)
+    elif path.suffix.lower() == ".csv":
+        entries = _csv_entries(path)
+    else:
+        raise ValueError(f"manifest {path}: expected a .json or .csv file")
+    root = path.parent
+    return [item for image, prompts in entries for item in _expand(root / image, prompts, path)]
+
+
+def _json_entries(data: Any, path: Path) -> list[tuple[str, list[str]]]:
+    if isinstance(data, dict):
+        return [
+            (image, [prompts] if isinstance(prompts, str) else list(prompts))
+            for image, prompts in data.items()
+        ]
+    if not isinstance(data, list):
+        raise ValueError(f"manifest {path}: expected an object or a list of entries")
+    entries = []
+    for n, entry in enumerate(data):
+        if not isinstance(entry, dict) or "image" not in entry or not ({"prompts", "prompt"} & set(entry)):
+            raise ValueError(
+                f"manifest {path}: entry {n} needs 'image' and 'prompts' (or 'prompt'): {entry!r}"
+            )
+        prompts = entry.get("prompts", entry.get("prompt"))
+        entries.append((entry["image"], [prompts] if isinstance(prompts, str) else list(prompts)))
+    return entries
+
+
+def _csv_entries(path: Path) -> list[tuple[str, list[str]]]:
+    grouped: dict[str, list[str]] = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"image", "prompt"} <= set(reader.fieldnames):
+            raise ValueError(f"manifest {path}: the CSV header must name columns 'image' and 'prompt'")
+        for row in reader:
+            grouped.setdefault(row["image"], []).append(row["prompt"])
+    return list(grouped.items())
+
+
+def _expand(image: Path, prompts: Sequence[str], source: str | Path) -> list[PromptedImage]:
+    """A file -> one entry; a folder -> one entry per image in it (missing files stay, to be reported)."""
+    prompts = tuple(p for p in prompts if p and p.strip())
+    if not prompts:
+        raise ValueError(f"{source}: no prompts for {image}")
+    return [PromptedImage(p, prompts) for p in list_images(image)]
+
+
+def collect_inputs(
+    images: Sequence[str | Path] = (), prompts: Sequence[str] = (), manifest: str | Path | None = None
+) -> list[PromptedImage]:
+    """``images`` (files or folders) each with all ``prompts``, then the entries of ``manifest``.
+
+    Raises:
+        ValueError: nothing to predict, or images given without prompts.
+    """
+    items = [item for image in images for item in _expand(Path(image), prompts, "--prompt")]
+    if manifest is not None:
+        items += read_manifest(manifest)
+    if not items:
+        raise ValueError("nothing to predict: give --image (files or folders) with --prompt, or --manifest")
+    return items
 
 
 class PromptedImages(Dataset):
-    """Every image (files or folders) with the same list of prompts."""
+    """`PromptedImage` entries as `Sample` s; an image that cannot be read gives ``{"image", "error"}``."""
 
-    def __init__(self, images: Sequence[str | Path], prompts: Sequence[str]) -> None:
-        if not prompts:
-            raise ValueError("predict needs at least one --prompt")
-        self.paths = [p for path in images for p in list_images(path)]
-        if not self.paths:
-            raise ValueError(f"no images found in {list(map(str, images))}")
-        self.prompts = list(prompts)
+    def __init__(self, items: Sequence[PromptedImage]) -> None:
+        self.items = list(items)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
-    def __getitem__(self, index: int) -> Sample:
-        path = self.paths[index]
-        return Sample(image=read_rgb(path), masks=None, texts=self.prompts, image_id=str(path))
+    def __getitem__(self, index: int) -> Sample | dict[str, str]:
+        item = self.items[index]
+        try:
+            image = read_rgb(item.path)
+        except ImageReadError as err:
+            return {"image": str(item.path), "error": str(err)}
+        return Sample(image=image, masks=None, texts=list(item.prompts), image_id=str(item.path))
+
+
+class PredictBatches:
+    """Collate: the batch contract (with the original images) for the images that loaded, plus
+    ``failures``: the ``{"image", "error"}`` records of those that did not. A batch whose every image
+    failed has empty ``image_ids``."""
+
+    def __init__(self, builder: BatchBuilder) -> None:
+        self.builder = builder
+
+    def __call__(self, items: Sequence[Sample | dict[str, str]]) -> Batch:
+        samples = [s for s in items if isinstance(s, Sample)]
+        batch = self.builder(samples) if samples else {"image_ids": [], "images": [], "texts": []}
+        batch["failures"] = [f for f in items if not isinstance(f, Sample)]
+        return batch
+
+
+def predict_loader(
+    items: Sequence[PromptedImage], builder: BatchBuilder, batch_size: int = 1, num_workers: int = 0
+) -> DataLoader:
+    """Batches of ``items`` in order (``builder`` must keep the original images)."""
+    return DataLoader(
+        PromptedImages(items),
+        batch_size=batch_size,
+        collate_fn=PredictBatches(builder),
+        num_workers=num_workers,
+    )
 
 
 class PredictDataModule(L.LightningDataModule):
-    """Batches of prompted images prepared for the given encoder and backend."""
+    """Batches of prompted images prepared for the given encoder and backend (``evf predict``).
+
+    Args:
+        items: images and their prompts (`collect_inputs`).
+        encoder, backend, tokenizer: registered names and tokenizer path, as the model's.
+        batch_size: images per batch (each image's expressions decode together; its image
+            encoder pass runs once).
+        num_workers: DataLoader worker processes.
+    """
 
     def __init__(
         self,
-        images: Sequence[str | Path],
-        prompts: Sequence[str],
+        items: Sequence[PromptedImage],
         encoder: str,
         backend: str,
         tokenizer: str | Path | None = None,
@@ -54,37 +179,22 @@ class PredictDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.dataset = PromptedImages(images, prompts)
-        self.builder = BatchBuilder(build_preprocessor(encoder, tokenizer), backend_image_spec(backend), keep_images=True)
+        self.items = list(items)
+        self.builder = BatchBuilder(
+            build_preprocessor(encoder, tokenizer), backend_image_spec(backend), keep_images=True
+        )
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=self.builder, num_workers=self.num_workers)
+        return predict_loader(self.items, self.builder, self.batch_size, self.num_workers)
 
 
-class MaskWriter(BasePredictionWriter):
-    """Writes ``<stem>_<k>_mask.png`` and ``<stem>_<k>_overlay.png`` per prompt and a
-    ``predictions.json`` index (image, prompt, files, predicted IoU, mask area)."""
-
-    def __init__(self, output: str | Path) -> None:
-        super().__init__(write_interval="batch")
-        self.output = Path(output)
-        self.records: list[dict[str, Any]] = []
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        self.output.mkdir(parents=True, exist_ok=True)
-        for image, image_id, result in zip(batch["images"], batch["image_ids"], prediction, strict=True):
-            stem = Path(image_id).stem
-            for k, (text, mask, score) in enumerate(zip(result["texts"], result["masks"], result["scores"], strict=True)):
-                mask = mask.cpu().numpy()
-                mask_file, overlay_file = f"{stem}_{k}_mask.png", f"{stem}_{k}_overlay.png"
-                Image.fromarray(mask.astype(np.uint8) * 255).save(self.output / mask_file)
-                Image.fromarray(overlay(image, mask)).save(self.output / overlay_file)
-                self.records.append(
-                    {"image": image_id, "prompt": text, "mask": mask_file, "overlay": overlay_file,
-                     "score": float(score), "area": int(mask.sum())}
-                )  # fmt: skip
-
-    def on_predict_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            (self.output / "predictions.json").write_text(json.dumps(self.records, indent=2))
+__all__ = [
+    "PredictBatches",
+    "PredictDataModule",
+    "PromptedImage",
+    "PromptedImages",
+    "collect_inputs",
+    "predict_loader",
+    "read_manifest",
+]

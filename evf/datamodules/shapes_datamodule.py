@@ -18,7 +18,8 @@ class ShapesDataModule(EVFDataModule):
         max_expressions: expressions drawn per training image (the paper uses up to 3).
         image_size: (min, max) of image height and width in pixels.
         num_objects: (min, max) objects per image.
-        encoder, tokenizer, backend, batch_size, eval_batch_size, num_workers, seed: see `EVFDataModule`.
+        encoder, tokenizer, backend, batch_size, eval_batch_size, num_workers, seed, embedding_cache:
+            see `EVFDataModule`.
     """
 
     def __init__(
@@ -36,8 +37,11 @@ class ShapesDataModule(EVFDataModule):
         eval_batch_size: int = 16,
         num_workers: int = 2,
         seed: int = 0,
+        embedding_cache: str | Path | None = None,
     ) -> None:
-        super().__init__(encoder, tokenizer, backend, batch_size, eval_batch_size, num_workers, seed)
+        super().__init__(
+            encoder, tokenizer, backend, batch_size, eval_batch_size, num_workers, seed, embedding_cache
+        )
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.max_expressions = max_expressions
         self.scene = {"image_size": tuple(image_size), "num_objects": tuple(num_objects)}

@@ -2,7 +2,8 @@
 
 We wrap upstream's modules unchanged and add the text as one more sparse prompt token from the
 outside. Preprocessing is the official one: ``ResizeLongestSide`` (PIL bilinear on uint8), SAM's
-pixel mean/std on 0..255, zero padding bottom/right to 1024.
+pixel mean/std on 0..255, zero padding bottom/right to 1024. Every factory takes
+``image_encoder=False`` to build no image encoder (features then come from an embedding cache).
 """
 
 from __future__ import annotations
@@ -15,9 +16,18 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
-from evf.checkpoint import CheckpointFormat, Rule, load_checkpoint
+from evf.checkpoint import CheckpointFormat, Rule
 from evf.preprocessing import ImageSpec
-from evf.sam_backends.base import BACKENDS, BackendInfo, DecoderOutput, ImageFeatures, PointPrompts, SamBackend
+from evf.sam_backends.base import (
+    BACKENDS,
+    AbsentImageEncoder,
+    BackendInfo,
+    DecoderOutput,
+    ImageFeatures,
+    PointPrompts,
+    SamBackend,
+    load_backend_checkpoint,
+)
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
@@ -50,6 +60,9 @@ class SamViTBackend(SamBackend):
     def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
         """``[B,3,S,S]`` -> ``{"image_embeddings": [B,C,S/16,S/16]}``."""
         return {"image_embeddings": self.sam.image_encoder(pixels)}
+
+    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"image_embeddings": (self.prompt_dim, *self.sam.prompt_encoder.image_embedding_size)}
 
     def decode(
         self,
@@ -132,10 +145,12 @@ def _build(
     decoder_heads: int,
     iou_hidden_dim: int,
     checkpoint: str | Path | None,
+    image_encoder: bool = True,
 ) -> SamViTBackend:
     grid = image_size // patch_size
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
+    encoder: nn.Module = AbsentImageEncoder()  # image_encoder=False: features come from a cache
+    if image_encoder:
+        encoder = ImageEncoderViT(
             img_size=image_size,
             patch_size=patch_size,
             embed_dim=embed_dim,
@@ -148,7 +163,9 @@ def _build(
             use_rel_pos=True,
             window_size=window_size,
             global_attn_indexes=global_attn_indexes,
-        ),
+        )
+    sam = Sam(
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
             embed_dim=prompt_dim,
             image_embedding_size=(grid, grid),
@@ -169,7 +186,7 @@ def _build(
     )
     backend = SamViTBackend(sam, _info(image_size, prompt_dim))
     if checkpoint is not None:
-        load_checkpoint(backend.sam, checkpoint, SEGMENT_ANYTHING)
+        load_backend_checkpoint(backend.sam, checkpoint, SEGMENT_ANYTHING)
     return backend
 
 
@@ -207,7 +224,7 @@ _NOT_OVERRIDABLE = {"image_size", "patch_size", "prompt_dim"}
 
 
 def _create(name: str, checkpoint: str | Path | None, overrides: dict) -> SamViTBackend:
-    allowed = set(VARIANTS[name]) - _NOT_OVERRIDABLE
+    allowed = (set(VARIANTS[name]) | {"image_encoder"}) - _NOT_OVERRIDABLE
     unknown = set(overrides) - allowed
     if unknown:
         raise TypeError(f"{name}: unknown or fixed option(s) {sorted(unknown)}; valid: {sorted(allowed)}")

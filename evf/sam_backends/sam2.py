@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,15 +37,17 @@ from torch import nn
 from torch.nn.init import trunc_normal_
 from torch.overrides import TorchFunctionMode
 
-from evf.checkpoint import CheckpointFormat, Rule, load_checkpoint
+from evf.checkpoint import CheckpointFormat, Rule
 from evf.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImageSpec
 from evf.sam_backends.base import (
     BACKENDS,
+    AbsentImageEncoder,
     BackendInfo,
     DecoderOutput,
     ImageFeatures,
     PointPrompts,
     SamBackend,
+    load_backend_checkpoint,
 )
 
 
@@ -101,6 +104,11 @@ class Sam2Backend(SamBackend):
     def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
         """``[B,3,S,S]`` -> the three feature levels of `Sam2ImageEncoder.forward`, one row per image."""
         return self.sam2.image_encoder(pixels)
+
+    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
+        h, w = self.sam2.prompt_encoder.image_embedding_size  # stride 16
+        c = self.prompt_dim
+        return {"image_embed": (c, h, w), "high_res_s4": (c, 4 * h, 4 * w), "high_res_s8": (c, 2 * h, 2 * w)}
 
     def decode(
         self,
@@ -211,9 +219,8 @@ def linspace_on_cpu() -> Iterator[None]:
         yield
 
 
-def _build(
+def _image_encoder(
     *,
-    image_size: int,
     embed_dim: int,
     num_heads: int,
     stages: tuple[int, ...],
@@ -221,9 +228,9 @@ def _build(
     window_pos_embed_bkg_spatial_size: tuple[int, int],
     window_spec: tuple[int, ...],
     prompt_dim: int,
-    drop_path_rate: float = 0.0,
-    checkpoint: str | Path | None,
-) -> Sam2Backend:
+    drop_path_rate: float,
+) -> Sam2ImageEncoder:
+    """Hiera trunk + FPN neck (sam2's ``ImageEncoder``, ``scalp=1``) + ``no_mem_embed``."""
     with linspace_on_cpu():
         trunk = Hiera(
             embed_dim=embed_dim,
@@ -241,12 +248,27 @@ def _build(
         fpn_top_down_levels=[2, 3],  # levels 0 and 1 (strides 4, 8) use only their lateral features
         fpn_interp_model="nearest",
     )
+    return Sam2ImageEncoder(ImageEncoder(trunk=trunk, neck=neck, scalp=1), prompt_dim)
+
+
+def _build(
+    *,
+    image_size: int,
+    prompt_dim: int,
+    checkpoint: str | Path | None,
+    image_encoder: bool = True,
+    drop_path_rate: float = 0.0,
+    **hiera: Any,
+) -> Sam2Backend:
+    encoder: nn.Module = AbsentImageEncoder()  # image_encoder=False: features come from a cache
+    if image_encoder:
+        encoder = _image_encoder(prompt_dim=prompt_dim, drop_path_rate=drop_path_rate, **hiera)
     grid = image_size // 16  # stride of the image embedding (SAM2Base.backbone_stride)
     # Prompt encoder and mask decoder exactly as SAM2Base._build_sam_heads with the official configs'
     # flags (high-res features, sigmoid IoU head, object-score token and MLP head).
     sam2 = nn.ModuleDict(
         {
-            "image_encoder": Sam2ImageEncoder(ImageEncoder(trunk=trunk, neck=neck, scalp=1), prompt_dim),
+            "image_encoder": encoder,
             "prompt_encoder": PromptEncoder(
                 embed_dim=prompt_dim,
                 image_embedding_size=(grid, grid),
@@ -269,7 +291,7 @@ def _build(
     )
     backend = Sam2Backend(sam2, _info(image_size, prompt_dim))
     if checkpoint is not None:
-        load_checkpoint(backend.sam2, checkpoint, SAM2_CHECKPOINT)
+        load_backend_checkpoint(backend.sam2, checkpoint, SAM2_CHECKPOINT)
     return backend
 
 
@@ -315,7 +337,7 @@ _NOT_OVERRIDABLE = {"image_size", "prompt_dim"}
 
 
 def _create(name: str, checkpoint: str | Path | None, overrides: dict) -> Sam2Backend:
-    allowed = (set(VARIANTS[name]) | {"drop_path_rate"}) - _NOT_OVERRIDABLE
+    allowed = (set(VARIANTS[name]) | {"drop_path_rate", "image_encoder"}) - _NOT_OVERRIDABLE
     unknown = set(overrides) - allowed
     if unknown:
         raise TypeError(f"{name}: unknown or fixed option(s) {sorted(unknown)}; valid: {sorted(allowed)}")

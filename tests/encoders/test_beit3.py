@@ -218,7 +218,7 @@ def test_fusion_layers_also_train_every_parameter():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(fusion="text"), "cls_text"),
+        (dict(fusion="text", feature="cls_image"), "cls_text"),
         (dict(fusion="late", feature="cls_image"), "concat"),
         (dict(fusion="late", feature="concat", fusion_layers=1), "fusion_layers"),
         (dict(fusion_layers=0), "fusion_layers"),
@@ -356,3 +356,8 @@ def test_tiny_defaults_to_the_shipped_shapes_tokenizer():
     assert tokenizer.max_length == VARIANTS["beit3_tiny"]["max_source_positions"] - 2
     assert tokenizer.vocab_size <= VARIANTS["beit3_tiny"]["vocab_size"]  # every id, <mask> included, fits
     assert ids[0, 0] == 0 and ids[0, -1] == 2
+
+
+@pytest.mark.parametrize(("fusion", "feature"), [("text", "cls_text"), ("late", "concat"), ("early", "cls_image")])
+def test_feature_defaults_to_the_modes_natural_one(fusion, feature):
+    assert create_encoder("beit3_tiny", fusion=fusion).feature == feature

@@ -78,6 +78,15 @@ class ShapesDataset(EVFDataset):
         """Stable identifier of scene ``idx``, e.g. ``shapes-train-s0-000042``."""
         return f"shapes-{self.split}-s{self.seed}-{idx:06d}"
 
+    def image_key(self, index: int) -> str:
+        """`image_id` plus the scene parameters that also decide the picture (no rendering)."""
+        (h0, h1), (o0, o1) = self.image_size, self.num_objects
+        return f"{self.image_id(index)}-px{h0}-{h1}-obj{o0}-{o1}"
+
+    def load_image(self, index: int) -> np.ndarray:
+        """The rendered scene, without drawing expressions."""
+        return self.scene(index).image
+
     def scene(self, idx: int) -> Scene:
         """The full scene record of item ``idx`` (objects with polygons, boxes and all expressions)."""
         if not 0 <= idx < self.num_images:

@@ -11,7 +11,10 @@ Variants are rows of `VARIANTS`; each registered factory hands its row to `_crea
                              fusion="early", feature="cls_image")
 
 Images are preprocessed as EVF-SAM's ``beit3_preprocess``: ToTensor, a bicubic square resize of the
-float tensor, Normalize(0.5, 0.5).
+float tensor without antialiasing, Normalize(0.5, 0.5). (EVF-SAM trained with torchvision 0.14, whose
+tensor resize does not antialias, and its ``inference.py`` passes ``antialias=None``, which means
+the same in every later torchvision; an antialiased resize changes the features the released
+weights were trained on.)
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from typing import Any
 from evf.assets import SHAPES_TOKENIZER
 from evf.checkpoint import load_checkpoint
 from evf.encoders.base import ENCODERS, EncoderInfo, EncoderPreprocessor
-from evf.encoders.beit3.checkpoint import UNILM_BEIT3, beit3_rules, unilm_beit3_format
+from evf.encoders.beit3.checkpoint import (
+    TORCHSCALE_ONLY,
+    UNILM_BEIT3,
+    beit3_export_rules,
+    beit3_rules,
+    unilm_beit3_format,
+)
 from evf.encoders.beit3.fusion import Feature, Fusion, plan_fusion
 from evf.encoders.beit3.modeling import BEiT3Encoder
 from evf.encoders.beit3.tokenizer import build_beit3_tokenizer
@@ -68,9 +77,13 @@ def _info(variant: str, max_text_tokens: int, default_tokenizer: Path | None = N
         resize="square",
         interpolation="bicubic",
         resampler="torch",
+        antialias=False,
     )
     tokenizer = partial(build_beit3_tokenizer, max_length=max_text_tokens, default=default_tokenizer)
     return EncoderInfo(family="beit3", image=image, build_tokenizer=tokenizer)
+
+
+DEFAULT_FEATURE: dict[str, Feature] = {"text": "cls_text", "late": "concat", "early": "cls_image"}
 
 
 def _create_beit3(
@@ -80,7 +93,7 @@ def _create_beit3(
     checkpoint: str | Path | None = None,
     fusion: Fusion = "early",
     fusion_layers: int | None = None,
-    feature: Feature = "cls_image",
+    feature: Feature | None = None,
     drop_path: float = 0.0,
     grad_checkpointing: bool = False,
     **overrides: Any,
@@ -91,7 +104,9 @@ def _create_beit3(
         variant: a key of `VARIANTS`.
         tokenizer: sentencepiece model file or directory; built lazily on first use.
         checkpoint: unilm ``beit3_*_patch16_224.pth``; None keeps the random init.
-        fusion, fusion_layers, feature, drop_path, grad_checkpointing: see `BEiT3Encoder`.
+        fusion, fusion_layers, drop_path, grad_checkpointing: see `BEiT3Encoder`.
+        feature: see `BEiT3Encoder`; None takes the mode's natural one (`DEFAULT_FEATURE`:
+            text -> cls_text, late -> concat, early -> cls_image, the paper's default).
         **overrides: architecture fields replacing the variant's (e.g. ``depth=2``).
 
     Raises:
@@ -108,7 +123,7 @@ def _create_beit3(
         preprocessor=preprocessor,
         fusion=fusion,
         fusion_layers=fusion_layers,
-        feature=feature,
+        feature=feature or DEFAULT_FEATURE[fusion],
         drop_path=drop_path,
         grad_checkpointing=grad_checkpointing,
     )
@@ -139,10 +154,12 @@ def beit3_tiny(**kwargs: Any) -> BEiT3Encoder:
 
 
 __all__ = [
+    "TORCHSCALE_ONLY",
     "UNILM_BEIT3",
     "VARIANTS",
     "BEiT3Encoder",
     "beit3_base",
+    "beit3_export_rules",
     "beit3_large",
     "beit3_rules",
     "beit3_tiny",

@@ -102,6 +102,36 @@ def _unbuilt_rules(p: str, plan: Plan) -> list[Rule]:
     return rules
 
 
+def beit3_export_rules(prefix: str = "beit3.") -> tuple[Rule, ...]:
+    """The inverse of `beit3_rules`: `BEiT3Encoder` keys -> torchscale ``BEiT3`` keys under ``prefix``
+    (for writing EVF-SAM's released layout). Every tensor of any fusion mode matches one rule;
+    torchscale's ``vision_embed.mask_token`` (`TORCHSCALE_ONLY`) has no counterpart here."""
+    layer = rf"{prefix}encoder.layers.\1."
+    attn = rf"{layer}self_attn."
+    rules = [
+        Rule(r"vision_embed\.proj\.(weight|bias)", rf"{prefix}vision_embed.proj.\1"),
+        Rule(r"vision_embed\.cls_token", f"{prefix}vision_embed.cls_token"),
+        Rule(r"vision_embed\.pos_embed", f"{prefix}encoder.embed_positions.A.weight"),
+        Rule(r"text_embed\.tokens\.weight", f"{prefix}text_embed.weight"),
+        Rule(r"text_embed\.pos_embed", f"{prefix}encoder.embed_positions.B.weight"),
+    ]
+    for way, m in _WAYS:
+        rules += [
+            Rule(rf"blocks\.(\d+)\.attn_norm\.{m}\.(weight|bias)", rf"{layer}self_attn_layer_norm.{way}.\2"),
+            Rule(rf"blocks\.(\d+)\.attn\.(q|k|v|out)\.{m}\.(weight|bias)", rf"{attn}\2_proj.{way}.\3"),
+            Rule(rf"blocks\.(\d+)\.attn\.inner_norm\.{m}\.(weight|bias)", rf"{attn}inner_attn_ln.{way}.\2"),
+            Rule(rf"blocks\.(\d+)\.mlp_norm\.{m}\.(weight|bias)", rf"{layer}final_layer_norm.{way}.\2"),
+            Rule(rf"blocks\.(\d+)\.mlp\.{m}\.(fc1|fc2)\.(weight|bias)", rf"{layer}ffn.{way}.\2.\3"),
+            Rule(rf"blocks\.(\d+)\.mlp\.{m}\.norm\.(weight|bias)", rf"{layer}ffn.{way}.ffn_layernorm.\2"),
+            Rule(rf"norm\.{m}\.(weight|bias)", rf"{prefix}encoder.layer_norm.{way}.\1"),
+        ]
+    return tuple(rules)
+
+
+TORCHSCALE_ONLY = ("vision_embed.mask_token",)
+"""torchscale ``BEiT3`` tensors (under the prefix) that no `BEiT3Encoder` builds; each is ``[1,1,D]``."""
+
+
 def unilm_beit3_format(plan: Plan | None = None) -> CheckpointFormat:
     """The unilm format for an encoder built with ``plan`` (None: every part built).
 

@@ -319,6 +319,45 @@ class BEiT3Encoder(MultimodalEncoder):
             tokens.update(out)
         return {m: tokens[m] for m in MODALITIES if m in tokens}
 
+    @torch.no_grad()
+    def cls_attention(
+        self,
+        pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """The paper's Figure 5: the last layer's attention from the image [CLS] token to the image
+        patches, summed over heads (SDPA returns no weights, so q.k is recomputed for that one query
+        only; `forward` is untouched).
+
+        Returns:
+            ``[N,h,w]`` with ``h = w = img_size / patch_size`` (each softmax row also covers the
+            [CLS] and text keys, so a map sums to at most the number of heads); None when the fusion
+            mode computes no image [CLS] in the last layer (``text``).
+        """
+        run = next((p for p in self.plan.passes if VISION in p.routes[-1].queries), None)
+        if run is None:
+            return None
+        text_valid = attention_mask.bool()
+        xs = self._embed(run.inputs, pixels, input_ids, attention_mask, image_index)
+        for block, route in zip(self.blocks[:-1], run.routes[:-1], strict=True):
+            xs = block(xs, route.queries, layer_mask(xs, route, text_valid))
+        if run.inputs == (VISION,):  # the image-only pass ran once per image
+            xs = {VISION: xs[VISION][image_index]}
+        block, route = self.blocks[-1], run.routes[-1]
+        mask = layer_mask(xs, route, text_valid)
+        normed = block.attn_norm(xs)
+        attn = block.attn
+        q = attn._heads(attn.q[VISION](normed[VISION][:, :1]))  # [N,H,1,D/H]: the [CLS] query
+        k = attn._heads(torch.cat([attn.k[m](x) for m, x in normed.items()], dim=1))
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [N,H,1,T]
+        if mask is not None:
+            scores = scores.masked_fill(~mask[..., :1, :], float("-inf"))
+        probs = scores.softmax(dim=-1).sum(dim=1)[:, 0]  # [N,T], vision keys first
+        side = int(round((xs[VISION].shape[1] - 1) ** 0.5))
+        return probs[:, 1 : xs[VISION].shape[1]].unflatten(1, (side, side))
+
     def _embed(
         self,
         inputs: tuple[str, ...],

@@ -20,6 +20,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SPM_NAME = "sentencepiece.bpe.model"
+FAST_NAME = "tokenizer.json"
 
 
 class BEiT3Tokenizer:
@@ -29,12 +30,14 @@ class BEiT3Tokenizer:
         hf_tokenizer: a loaded ``XLMRobertaTokenizer``.
         max_length: most ids per expression, special tokens included; longer expressions keep
             their first ``max_length - 1`` ids and ``</s>``, and a warning counts them.
+        source: the file or directory it was loaded from (`evf export` copies it).
     """
 
-    def __init__(self, hf_tokenizer: Any, max_length: int) -> None:
+    def __init__(self, hf_tokenizer: Any, max_length: int, source: Path | None = None) -> None:
         if max_length < 2:
             raise ValueError(f"max_length must leave room for <s> and </s>, got {max_length}")
         self.max_length = max_length
+        self.source = source
         self._hf = hf_tokenizer
 
     @property
@@ -70,7 +73,7 @@ def build_beit3_tokenizer(
 
     Args:
         path: the model file (unilm's ``beit3.spm``) or a directory holding ``sentencepiece.bpe.model``
-            (e.g. an EVF-SAM release).
+            or a ``tokenizer.json`` saved from it (e.g. an EVF-SAM release).
         max_length: most ids per expression, special tokens included.
         default: used when ``path`` is None (the tiny variant ships its tokenizer in ``evf/assets``).
 
@@ -86,14 +89,14 @@ def build_beit3_tokenizer(
         )
     path = Path(path)
     if path.is_dir():
-        if not (path / SPM_NAME).is_file():
-            raise FileNotFoundError(f"BEIT-3 tokenizer directory {path} has no {SPM_NAME}")
-        return BEiT3Tokenizer(_load_directory(path), max_length)
+        if not (path / SPM_NAME).is_file() and not (path / FAST_NAME).is_file():
+            raise FileNotFoundError(f"BEIT-3 tokenizer directory {path} has no {SPM_NAME} or {FAST_NAME}")
+        return BEiT3Tokenizer(_load_directory(path), max_length, source=path)
     if not path.is_file():
         raise FileNotFoundError(f"BEIT-3 tokenizer not found: {path}")
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(path, Path(tmp) / SPM_NAME)
-        return BEiT3Tokenizer(_load_directory(Path(tmp)), max_length)
+        return BEiT3Tokenizer(_load_directory(Path(tmp)), max_length, source=path)
 
 
 def _load_directory(directory: Path) -> Any:

@@ -21,15 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evf.checkpoint import CheckpointFormat, Rule, load_checkpoint
+from evf.checkpoint import CheckpointFormat, Rule
 from evf.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImageSpec
 from evf.sam_backends.base import (
     BACKENDS,
+    AbsentImageEncoder,
     BackendInfo,
     DecoderOutput,
     ImageFeatures,
     PointPrompts,
     SamBackend,
+    load_backend_checkpoint,
 )
 from evf.sam_backends.efficient_sam.modeling import (
     EfficientSam,
@@ -72,6 +74,9 @@ class EfficientSamBackend(SamBackend):
     def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
         """``[B,3,S,S]`` -> ``{"image_embeddings": [B,C,S/16,S/16]}``."""
         return {"image_embeddings": self.sam.image_encoder(pixels)}
+
+    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"image_embeddings": (self.prompt_dim, *self.sam.prompt_encoder.image_embedding_size)}
 
     def decode(
         self,
@@ -154,12 +159,16 @@ def _build(
     iou_hidden_dim: int,
     max_points: int,
     checkpoint: str | Path | None,
+    image_encoder: bool = True,
 ) -> EfficientSamBackend:
     grid = image_size // patch_size
-    sam = EfficientSam(
-        image_encoder=ImageEncoderViT(
+    encoder: nn.Module = AbsentImageEncoder()  # image_encoder=False: features come from a cache
+    if image_encoder:
+        encoder = ImageEncoderViT(
             image_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, prompt_dim, pretrain_img_size
-        ),
+        )
+    sam = EfficientSam(
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(prompt_dim, (grid, grid), (image_size, image_size)),
         mask_decoder=MaskDecoder(
             prompt_dim,
@@ -172,7 +181,7 @@ def _build(
     )
     backend = EfficientSamBackend(sam, _info(image_size, prompt_dim), max_points)
     if checkpoint is not None:
-        load_checkpoint(backend.sam, checkpoint, EFFICIENT_SAM)
+        load_backend_checkpoint(backend.sam, checkpoint, EFFICIENT_SAM)
     return backend
 
 
@@ -212,7 +221,7 @@ _NOT_OVERRIDABLE = {"image_size", "patch_size", "prompt_dim"}
 
 
 def _create(name: str, checkpoint: str | Path | None, overrides: dict) -> EfficientSamBackend:
-    allowed = set(VARIANTS[name]) - _NOT_OVERRIDABLE
+    allowed = (set(VARIANTS[name]) | {"image_encoder"}) - _NOT_OVERRIDABLE
     unknown = set(overrides) - allowed
     if unknown:
         raise TypeError(f"{name}: unknown or fixed option(s) {sorted(unknown)}; valid: {sorted(allowed)}")

@@ -1,0 +1,137 @@
+"""Prediction latency: `EVFSAM.predict` on one image with 1, 8 and 32 prompts.
+
+    python benchmarks/predict_latency.py --models small                                    # CPU
+    python benchmarks/predict_latency.py --models small large --device cuda --precision bf16 \\
+        --warmup 3 --iterations 20                                                           # one GPU
+
+`EVFSAM.predict` preprocesses a 480 x 640 image, runs the SAM image encoder once, BEIT-3 once over
+all prompts (image + text, early fusion), one mask-decoder call for all prompts and the
+postprocessing to full resolution. Reported: seconds per call, images/s and prompts/s; GFLOPs per
+call (``FlopCounterMode`` on the meta device), split into the image encoder and the rest, so the
+per-prompt cost is visible. Random weights; the BEIT-3 tokenizer is the bundled shapes
+sentencepiece model (the real one is not shipped; only the token ids differ). Each model runs in a
+fresh process. Writes ``benchmarks/results/predict_latency_<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    MODELS,
+    RESULTS,
+    autocast,
+    count_flops,
+    machine,
+    peak_bytes,
+    reset_peak,
+    run_child,
+    timed,
+)
+
+PROMPTS = ("the red circle", "the square on the left", "the largest blue shape", "the yellow triangle")
+
+
+def build(name: str, device: torch.device):
+    import evf
+    from evf.assets import SHAPES_TOKENIZER
+
+    encoder, backend = MODELS[name]
+    return (
+        evf.create_model(encoder, backend, encoder_kwargs={"tokenizer": SHAPES_TOKENIZER}).to(device).eval()
+    )
+
+
+def forward_flops(meta, image: np.ndarray, prompts: list[str]) -> int:
+    """FLOPs of the forward inside ``predict`` (postprocessing has no matmuls and, with its
+    data-dependent indexing, cannot run on the meta device)."""
+    tokens = meta.encoder.preprocessor.tokenize(prompts)
+    inputs = (
+        meta.backend.info.image(image)[None].to("meta"),
+        meta.encoder.preprocessor.transform_image(image)[None].to("meta"),
+        tokens["input_ids"].to("meta"),
+        tokens["attention_mask"].to("meta"),
+        torch.zeros(len(prompts), dtype=torch.long, device="meta"),
+    )
+    return count_flops(lambda: meta(*inputs))
+
+
+def measure(args: argparse.Namespace, name: str) -> list[dict]:
+    """In the child process: one row per prompt count."""
+    device = torch.device(args.device)
+    image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    with torch.device("meta"):
+        meta = build(name, torch.device("meta"))
+    pixels = torch.empty(1, 3, meta.backend.info.image.size, meta.backend.info.image.size, device="meta")
+    encoder_flops = count_flops(lambda: meta.backend.encode_image(pixels))
+    torch.manual_seed(0)
+    model = build(name, device)
+    rows = []
+    for count in args.prompts:
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
+        flops = forward_flops(meta, image, prompts)
+        reset_peak(device)
+
+        def call(p=prompts) -> None:
+            with autocast(device, args.precision):
+                model.predict(image, p)
+
+        times = timed(call, device, args.warmup, args.iterations)
+        rows.append({
+            "model": name, "prompts": count, "seconds": times, "call_seconds": statistics.median(times),
+            "flops": flops, "image_encoder_flops": encoder_flops, "peak_bytes": peak_bytes(device),
+        })  # fmt: skip
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| model | prompts | s/call | images/s | prompts/s | GFLOP/call | image encoder | peak mem |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        s = r["call_seconds"]
+        lines.append(
+            f"| {r['model']} | {r['prompts']} | {s:.2f} | {1 / s:.3f} | {r['prompts'] / s:.2f} | "
+            f"{r['flops'] / 1e9:.0f} | {100 * r['image_encoder_flops'] / r['flops']:.0f}% | "
+            f"{r['peak_bytes'] / 2**30:.2f} GiB |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["small"])
+    parser.add_argument("--prompts", type=int, nargs="+", default=[1, 8, 32], help="prompts per image")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    parser.add_argument("--child", metavar="MODEL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args, args.child)))
+        return
+    passed = [f"--{k}={getattr(args, k)}" for k in ("device", "precision", "warmup", "iterations")]
+    rows = []
+    for name in args.models:
+        rows += json.loads(run_child(Path(__file__), [name, *passed, "--prompts", *map(str, args.prompts)]))
+        print(f"{name}: done", file=sys.stderr, flush=True)
+    print(table(rows))
+    out = args.out or RESULTS / f"predict_latency_{torch.device(args.device).type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("child", "out")}
+    out.write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""Training throughput: a naive loop vs EVF (encoding on the fly) vs EVF with the embedding cache.
+
+    python benchmarks/train_throughput.py --models small --images 2 --expressions 1 3      # CPU
+    python benchmarks/train_throughput.py --device cuda --precision bf16 --images 16 --expressions 1 3 \\
+        --warmup 3 --iterations 20                                                          # one GPU
+
+One training step (forward, BCE + Dice at the original resolution, backward, optimizer step) on the
+same synthetic batch (``--images`` images of 480 x 640, ``--expressions`` expressions of 20 tokens
+each), three ways, each in a fresh process (so peak memory is its own):
+
+* ``naive``: what EVF-SAM's released code does per step: the SAM image encoder runs on every step,
+  one image at a time (``get_visual_embs``), BEIT-3 runs once over all expressions, then one
+  prompt-encoder + mask-decoder call per expression (the released code batches the decoder per
+  image; the decoder is ~1% of the step either way).
+* ``evf``: `EVFSAM.forward`: the image encoder once over the batch under ``no_grad``, BEIT-3 once,
+  one decoder call for all expressions.
+* ``evf_cache``: the same without the image encoder (never built): bf16 features as the store
+  holds them, cast to the decoder's dtype in the step. Reading them from the store is timed apart
+  (``read ms/img``: page-cache-hot memory-map reads; in training, DataLoader workers do this).
+
+Weights are random (timing does not depend on them); data loading and preprocessing are excluded.
+Model FLOPs per step are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta
+device (matmuls, convolutions, attention; forward + backward; the optimizer is not counted).
+Prints a Markdown table and writes ``benchmarks/results/train_throughput_<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    MODELS,
+    RESULTS,
+    autocast,
+    count_flops,
+    machine,
+    peak_bytes,
+    peak_tflops,
+    reset_peak,
+    run_child,
+    timed,
+)
+
+VARIANTS = ("naive", "evf", "evf_cache")
+TOKENS, HEIGHT, WIDTH = 20, 480, 640
+
+
+def synthetic_batch(model, images: int, expressions: int, device: torch.device) -> dict:
+    """The batch contract of docs/architecture.md with random content (expressions per image equal)."""
+    gen = torch.Generator().manual_seed(0)
+    n = images * expressions
+    spec, enc = model.backend.info.image, model.encoder.preprocessor.image
+    vocab = model.encoder.text_embed.tokens.num_embeddings
+    batch = {
+        "encoder_pixels": torch.randn(images, 3, enc.size, enc.size, generator=gen),
+        "input_ids": torch.randint(4, vocab, (n, TOKENS), generator=gen),
+        "attention_mask": torch.ones(n, TOKENS, dtype=torch.long),
+        "image_index": torch.arange(images).repeat_interleave(expressions),
+        "masks": [torch.rand(expressions, HEIGHT, WIDTH, generator=gen) > 0.7 for _ in range(images)],
+    }
+    if model.backend.has_image_encoder:
+        batch["sam_pixels"] = torch.randn(images, 3, spec.size, spec.size, generator=gen)
+    else:
+        shapes = model.backend.feature_shapes()
+        batch["image_features"] = {
+            k: torch.randn(images, *s, generator=gen).bfloat16() for k, s in shapes.items()
+        }
+    batch = {k: _to(v, device) for k, v in batch.items()}
+    batch["input_sizes"] = [spec.resized_size(HEIGHT, WIDTH)] * images
+    batch["original_sizes"] = [(HEIGHT, WIDTH)] * images
+    batch["image_of"] = [i for i in range(images) for _ in range(expressions)]  # image_index as a list
+    return batch
+
+
+def _to(value, device: torch.device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return [_to(v, device) for v in value]
+
+
+def forward_naive(model, batch: dict) -> torch.Tensor:
+    """Image encoder per image, BEIT-3 once, one decoder call per expression -> ``[N,1,h,w]``."""
+    with torch.no_grad():
+        features = [
+            model.backend.encode_image(batch["sam_pixels"][i : i + 1]) for i in range(len(batch["masks"]))
+        ]
+    keys = ("encoder_pixels", "input_ids", "attention_mask", "image_index")
+    tokens = model.prompt_tokens(*(batch[k] for k in keys))
+    zero = torch.zeros(1, dtype=torch.long, device=tokens.device)
+    outs = [
+        model.backend.decode(features[i], zero, tokens[n : n + 1]).logits
+        for n, i in enumerate(batch["image_of"])
+    ]
+    return torch.cat(outs)
+
+
+def forward_evf(model, batch: dict) -> torch.Tensor:
+    keys = ("encoder_pixels", "input_ids", "attention_mask", "image_index")
+    out = model(
+        batch.get("sam_pixels"), *(batch[k] for k in keys), image_features=batch.get("image_features")
+    )
+    return out.logits
+
+
+def loss_of(model, batch: dict, variant: str) -> torch.Tensor:
+    from evf.losses import mask_losses
+
+    low_res = (forward_naive if variant == "naive" else forward_evf)(model, batch)
+    logits = model.postprocess(low_res, batch["image_index"], batch["input_sizes"], batch["original_sizes"])
+    terms = mask_losses(logits, batch["masks"])
+    return terms["bce"] + terms["dice"]
+
+
+def build(name: str, variant: str, device: torch.device):
+    import evf
+
+    encoder, backend = MODELS[name]
+    kwargs = {"image_encoder": variant != "evf_cache"}
+    return evf.create_model(encoder, backend, backend_kwargs=kwargs).to(device).train()
+
+
+def store_read_ms(model, images: int) -> float:
+    """Milliseconds to read one image's features from an embedding store (page cache hot)."""
+    from evf.cache import EmbeddingStore, ShardWriter
+    from evf.cache.keys import CacheKey
+
+    shapes = model.backend.feature_shapes()
+    key = CacheKey("benchmark", {}, "0" * 64, {}, {k: list(v) for k, v in shapes.items()})
+    with tempfile.TemporaryDirectory() as root:
+        writer = ShardWriter(Path(root), key, "bf16", 0, 1, [f"img{i}" for i in range(images)])
+        for i in range(images):
+            writer.write(
+                i, {k: torch.randn(s) for k, s in shapes.items()}, f"img{i}", f"h{i}", (HEIGHT, WIDTH)
+            )
+        writer.flush()
+        store = EmbeddingStore(root)
+        times = timed(lambda: [store.read(f"h{i}") for i in range(images)], torch.device("cpu"), 1, 5)
+    return 1000 * min(times) / images
+
+
+def measure(args: argparse.Namespace, name: str, variant: str, expressions: int) -> dict:
+    """In the child process: FLOPs on meta, then build, warm up and time on the real device."""
+    device, meta = torch.device(args.device), torch.device("meta")
+    with meta:
+        meta_model = build(name, variant, meta)
+    meta_batch = synthetic_batch(meta_model, args.images, expressions, meta)
+    forward = forward_naive if variant == "naive" else forward_evf  # the loss adds no matmul FLOPs
+    flops = count_flops(lambda: forward(meta_model, meta_batch).float().sum().backward())
+    torch.manual_seed(0)
+    model = build(name, variant, device)
+    batch = synthetic_batch(model, args.images, expressions, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = (
+        torch.optim.AdamW(params, lr=1e-5) if args.optimizer == "adamw" else torch.optim.SGD(params, lr=1e-5)
+    )
+    reset_peak(device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, args.precision):
+            loss = loss_of(model, batch, variant)
+        loss.backward()
+        optimizer.step()
+
+    times = timed(step, device, args.warmup, args.iterations)
+    result = {
+        "model": name, "variant": variant, "images": args.images, "expressions_per_image": expressions,
+        "seconds": times, "step_seconds": statistics.median(times), "flops": flops,
+        "peak_bytes": peak_bytes(device), "trainable_params": sum(p.numel() for p in params),
+        "params": sum(p.numel() for p in model.parameters()),
+    }  # fmt: skip
+    if variant == "evf_cache":
+        result["read_ms_per_image"] = store_read_ms(model, args.images)
+    return result
+
+
+def table(rows: list[dict], peak: float | None) -> str:
+    head = "| model | expr/img | variant | s/step | samples/s | expr/s | vs naive | peak mem | GFLOP/step | "
+    head += "MFU |" if peak else "GFLOP/s |"
+    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    naive = {
+        (r["model"], r["expressions_per_image"]): r["step_seconds"] for r in rows if r["variant"] == "naive"
+    }
+    for r in rows:
+        s, e = r["step_seconds"], r["expressions_per_image"]
+        base = naive.get((r["model"], e))
+        ratio = f"{base / s:.1f}x" if base else "-"
+        rate = r["flops"] / s
+        last = f"{100 * rate / (peak * 1e12):.0f}%" if peak else f"{rate / 1e9:.0f}"
+        read = f" (+{r['read_ms_per_image']:.1f} ms/img read)" if "read_ms_per_image" in r else ""
+        lines.append(
+            f"| {r['model']} | {e} | {r['variant']}{read} | {s:.2f} | {r['images'] / s:.3f} | "
+            f"{r['images'] * e / s:.3f} | {ratio} | {r['peak_bytes'] / 2**30:.2f} GiB | "
+            f"{r['flops'] / 1e9:.0f} | {last} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["small"])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--images", type=int, default=2, help="images per step")
+    parser.add_argument("--expressions", type=int, nargs="+", default=[1, 3], help="expressions per image")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast (bf16-mixed)"
+    )
+    parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
+                        help="sgd keeps no state (less memory on a small CPU machine)")  # fmt: skip
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument(
+        "--peak_tflops", type=float, default=None, help="bf16 peak for MFU (default: by GPU name)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    parser.add_argument(
+        "--child", nargs=3, metavar=("MODEL", "VARIANT", "EXPRESSIONS"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.child:
+        name, variant, expressions = args.child
+        print(json.dumps(measure(args, name, variant, int(expressions))))
+        return
+    shared = [
+        f"--{k}={getattr(args, k)}"
+        for k in ("images", "device", "precision", "optimizer", "warmup", "iterations")
+    ]
+    rows = []
+    for name in args.models:
+        for expressions in args.expressions:
+            for variant in args.variants:
+                rows.append(json.loads(run_child(Path(__file__), [name, variant, str(expressions), *shared])))
+                print(
+                    f"{name} x{expressions} {variant}: {rows[-1]['step_seconds']:.2f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    peak = peak_tflops(torch.device(args.device), args.peak_tflops)
+    print(table(rows, peak))
+    out = args.out or RESULTS / f"train_throughput_{torch.device(args.device).type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("child", "out")}
+    out.write_text(
+        json.dumps({"settings": settings, "machine": machine(), "peak_tflops": peak, "rows": rows}, indent=1)
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Prediction outputs, and prediction over many images from Python.
+
+For every (image, prompt) the writer saves ``<stem>_<k>_mask.png`` (0/255) and
+``<stem>_<k>_overlay.png``, and records in ``predictions.json``: image, prompt, file names, predicted
+IoU (``score``), mask area and the mask as COCO RLE (``rle``: ``size`` [h, w] and ``counts`` as a
+string, `pycocotools.mask.decode` reads it back). Images that could not be read are listed in
+``failures.json`` (image, error). Stems that repeat (``a.jpg`` and ``a.png``) get ``_1``, ``_2``, ...
+
+    report = evf.predict_images(model, "photos/", ["the dog"], output="out")   # or manifest="m.csv"
+    report.failures  # [] when every image was read
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from evf.datamodules.base import BatchBuilder
+from evf.datamodules.predict import collect_inputs, predict_loader
+from evf.model import EVFSAM
+from evf.visualize import overlay
+
+log = logging.getLogger(__name__)
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """Bool ``[H,W]`` -> COCO RLE with ``counts`` as a str (JSON-ready)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+@dataclass
+class PredictionWriter:
+    """Collects the records of a run and writes its files (no Lightning; see `MaskWriter`).
+
+    Attributes:
+        output: folder for the PNGs and JSON files; None keeps the records in memory only.
+        records: one per (image, prompt).
+        failures: one per image that could not be read: ``{"image", "error"}``.
+    """
+
+    output: Path | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    _stems: dict[str, str] = field(default_factory=dict)
+
+    def add(
+        self,
+        image: np.ndarray,
+        image_id: str,
+        texts: Sequence[str],
+        masks: torch.Tensor,
+        scores: torch.Tensor,
+    ):
+        """Record (and write) the ``[n,H,W]`` bool masks of one image's ``n`` prompts."""
+        stem = self._stem(image_id)
+        for k, (text, mask, score) in enumerate(zip(texts, masks, scores, strict=True)):
+            mask = mask.cpu().numpy()
+            record = {"image": image_id, "prompt": text, "score": float(score), "area": int(mask.sum())}
+            if self.output is not None:
+                record["mask"], record["overlay"] = f"{stem}_{k}_mask.png", f"{stem}_{k}_overlay.png"
+                Image.fromarray(mask.astype(np.uint8) * 255).save(self.output / record["mask"])
+                Image.fromarray(overlay(image, mask)).save(self.output / record["overlay"])
+            self.records.append({**record, "rle": encode_rle(mask)})
+
+    def fail(self, failure: dict[str, str]) -> None:
+        log.warning("skipped %s: %s", failure["image"], failure["error"])
+        self.failures.append(failure)
+
+    def _stem(self, image_id: str) -> str:
+        if image_id not in self._stems:
+            stem, taken, n = Path(image_id).stem, set(self._stems.values()), 0
+            while (candidate := stem if n == 0 else f"{stem}_{n}") in taken:
+                n += 1
+            self._stems[image_id] = candidate
+        return self._stems[image_id]
+
+    def start(self) -> None:
+        if self.output is not None:
+            self.output.mkdir(parents=True, exist_ok=True)
+
+    def finish(self) -> None:
+        """Write ``predictions.json`` (and ``failures.json`` when images failed)."""
+        if self.output is None:
+            return
+        (self.output / "predictions.json").write_text(json.dumps(self.records, indent=2))
+        if self.failures:
+            (self.output / "failures.json").write_text(json.dumps(self.failures, indent=2))
+
+    def summary(self) -> str:
+        """One line per failure after a count, or '' when none failed."""
+        if not self.failures:
+            return ""
+        lines = [f"{len(self.failures)} image(s) could not be read:"]
+        return "\n".join(lines + [f"  {f['image']}: {f['error']}" for f in self.failures])
+
+
+class MaskWriter(BasePredictionWriter):
+    """`PredictionWriter` as a Lightning callback for ``evf predict`` (writes after every batch)."""
+
+    def __init__(self, output: str | Path) -> None:
+        super().__init__(write_interval="batch")
+        self.writer = PredictionWriter(Path(output))
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.writer.start()
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ):
+        for failure in batch["failures"]:
+            self.writer.fail(failure)
+        for image, image_id, result in zip(batch["images"], batch["image_ids"], prediction, strict=True):
+            self.writer.add(image, image_id, result["texts"], result["masks"], result["scores"])
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.writer.finish()
+
+
+@dataclass
+class PredictionReport:
+    """What `predict_images` did: the records (with RLE masks) and the images it could not read."""
+
+    records: list[dict[str, Any]]
+    failures: list[dict[str, str]]
+
+
+@torch.no_grad()
+def predict_images(
+    model: EVFSAM,
+    images: str | Path | Sequence[str | Path] = (),
+    prompts: str | Sequence[str] = (),
+    manifest: str | Path | None = None,
+    output: str | Path | None = None,
+    batch_size: int = 1,
+    dtype: torch.dtype | None = None,
+    threshold: float = 0.0,
+    progress: bool = True,
+) -> PredictionReport:
+    """Segment every prompt in every image with ``model`` (its own preprocessing, e.g. that of
+    `evf.load_pretrained`); the image encoder runs once per image.
+
+    Args:
+        model: the model (its device is used).
+        images: an image file, a folder, or a list of them; each gets all ``prompts``.
+        prompts: one expression or several.
+        manifest: a JSON / CSV file mapping images to their own prompts (`read_manifest`).
+        output: folder for mask / overlay PNGs and ``predictions.json``; None writes nothing.
+        batch_size: images per forward pass.
+        dtype: compute dtype under autocast (see `EVFSAM.predict`).
+        threshold: logit threshold of the masks.
+        progress: show a progress bar.
+
+    Returns:
+        The records and the failures (a missing or unreadable image is reported, not raised).
+    """
+    images = [images] if isinstance(images, str | Path) else list(images)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    items = collect_inputs(images, prompts, manifest)
+    builder = BatchBuilder(model.encoder.preprocessor, model.backend.info.image, keep_images=True)
+    writer = PredictionWriter(None if output is None else Path(output))
+    writer.start()
+    device = next(model.parameters()).device
+    batches = predict_loader(items, builder, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="predict", unit="batch")
+    model.eval()
+    for batch in batches:
+        for failure in batch["failures"]:
+            writer.fail(failure)
+        if batch["image_ids"]:
+            _predict_batch(model, batch, writer, device, dtype, threshold)
+    writer.finish()
+    return PredictionReport(writer.records, writer.failures)
+
+
+def _predict_batch(
+    model: EVFSAM, batch: dict, writer: PredictionWriter, device, dtype, threshold: float
+) -> None:
+    index = batch["image_index"].to(device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        out = model(
+            sam_pixels=batch["sam_pixels"].to(device, next(model.backend.parameters()).dtype),
+            encoder_pixels=batch["encoder_pixels"].to(device, next(model.encoder.parameters()).dtype),
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            image_index=index,
+        )
+    logits = model.postprocess(out.logits.float(), index, batch["input_sizes"], batch["original_sizes"])
+    texts = np.array(batch["texts"], dtype=object)
+    for i, (image, image_id) in enumerate(zip(batch["images"], batch["image_ids"], strict=True)):
+        rows = (index == i).cpu()
+        writer.add(
+            image, image_id, list(texts[rows.numpy()]), logits[i] > threshold, out.iou[index == i, 0].float()
+        )
+
+
+__all__ = ["MaskWriter", "PredictionReport", "PredictionWriter", "encode_rle", "predict_images"]

@@ -1,0 +1,349 @@
+"""Released EVF-SAM checkpoints (Hugging Face layout) -> `EVFSAM`: ``evf.load_pretrained(DIR)``.
+
+A release directory (``evf-sam`` / ``evf-sam-multitask``: SAM-H + BEIT-3-L; ``evf-sam2`` /
+``evf-sam2-multitask``: SAM-2-L + BEIT-3-L; ``evf-effi-sam`` / ``-multitask``: EfficientSAM +
+BEIT-3-L) holds:
+
+* ``config.json``: ``architectures`` (``EvfSamModel`` / ``EvfSam2Model`` / ``EvfEffiSamModel``),
+  ``sam_scale``, ``mm_extractor_scale``, ``hidden_size``, ``out_dim``. Our export adds
+  ``evf_encoder`` / ``evf_backend`` (registry names, which also name the tiny test models) and
+  ``evf_encoder_kwargs`` / ``evf_backend_kwargs``; when present they take precedence over the scales.
+* weights: ``model.safetensors`` or ``pytorch_model.bin``, or shards of either listed in
+  ``<name>.index.json``. Keys: ``visual_model.*`` (the official SAM / SAM2Base / EfficientSam
+  module), ``mm_extractor.beit3.*`` (torchscale's ``BEiT3``), ``text_hidden_fcs.0.{0,2}.*`` (the
+  projector).
+* the XLM-R tokenizer: ``sentencepiece.bpe.model`` and/or ``tokenizer.json``.
+
+Loading goes through one `CheckpointFormat` per backend family (``evf_release_<family>``), composed
+from the existing tables with prefixes (`release_format`), and is strict. Torch files are read with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from evf.checkpoint import (
+    CheckpointError,
+    CheckpointFormat,
+    Rule,
+    StateDict,
+    load_strict,
+    prefix_rules,
+    read_state_dict,
+)
+from evf.encoders import ENCODERS
+from evf.encoders.beit3 import BEiT3Encoder, beit3_rules
+from evf.model import EVFSAM, create_model
+from evf.sam_backends import BACKENDS, SamBackend
+from evf.sam_backends.base import state_hash
+from evf.sam_backends.efficient_sam import EFFICIENT_SAM
+from evf.sam_backends.sam import SEGMENT_ANYTHING
+from evf.sam_backends.sam2 import SAM2_CHECKPOINT
+
+CONFIG_NAME = "config.json"
+WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")  # in order of preference, each maybe sharded
+ENCODER_PREFIX = "mm_extractor.beit3."
+BACKEND_PREFIX = "visual_model."
+PROJECTOR_RULES = (Rule(r"text_hidden_fcs\.0\.(0|2)\.(weight|bias)", r"projector.\1.\2"),)
+ENCODER_SCALES = {"base": "beit3_base", "large": "beit3_large"}  # mm_extractor_scale -> encoder
+
+# EVF-SAM's inference.py (and demo.py) resize SAM-2 and EfficientSAM inputs as a uint8 tensor with
+# F.interpolate (bilinear, no antialiasing) straight to 1024 x 1024; its training/eval pipelines, which
+# our backends follow, differ (PIL; EfficientSAM: longest side first). See docs/pretrained.md.
+_UINT8_SQUARE = {"resize": "square", "resampler": "torch_uint8", "interpolation": "bilinear"}
+
+
+@dataclass(frozen=True)
+class ReleaseFamily:
+    """How one SAM family appears in a release.
+
+    Attributes:
+        architecture: ``architectures[0]`` of its config.json.
+        scales: ``sam_scale`` -> registered backend name (the scales the official code builds).
+        format: the family's own official checkpoint format, whose keys sit under ``visual_model.``.
+        root: the attribute of our backend that ``format`` loads into.
+        export_rules: the inverse of ``format`` for what we build (our root's keys -> ``visual_model.*``).
+        marker: a key that only this family's releases hold (confirms the config from the weights).
+        inference_image: `ImageSpec` fields of EVF-SAM's ``inference.py`` where they differ from the
+            backend's registered (training) preprocessing.
+    """
+
+    architecture: str
+    scales: dict[str, str]
+    format: CheckpointFormat
+    root: str
+    export_rules: tuple[Rule, ...]
+    marker: str
+    inference_image: dict[str, Any] = field(default_factory=dict)
+
+
+_SAME_KEYS = (Rule(r"((image_encoder|prompt_encoder|mask_decoder)\..+)", BACKEND_PREFIX + r"\1"),)
+FAMILIES: dict[str, ReleaseFamily] = {
+    "sam": ReleaseFamily(
+        "EvfSamModel", {"huge": "sam_vit_h"}, SEGMENT_ANYTHING, "sam", _SAME_KEYS,
+        marker="visual_model.prompt_encoder.no_mask_embed.weight",
+    ),
+    "sam2": ReleaseFamily(
+        "EvfSam2Model", {"large": "sam2_hiera_l", "tiny": "sam2_hiera_t"}, SAM2_CHECKPOINT, "sam2",
+        (
+            Rule(r"image_encoder\.backbone\.(.+)", BACKEND_PREFIX + r"image_encoder.\1"),
+            Rule(r"image_encoder\.no_mem_embed", BACKEND_PREFIX + "no_mem_embed"),
+            Rule(r"prompt_encoder\.(.+)", BACKEND_PREFIX + r"sam_prompt_encoder.\1"),
+            Rule(r"mask_decoder\.(.+)", BACKEND_PREFIX + r"sam_mask_decoder.\1"),
+        ),
+        marker="visual_model.sam_prompt_encoder.no_mask_embed.weight",
+        inference_image=_UINT8_SQUARE,
+    ),
+    "efficient_sam": ReleaseFamily(
+        "EvfEffiSamModel", {"tiny": "efficient_sam_vitt", "small": "efficient_sam_vits"}, EFFICIENT_SAM,
+        "sam", _SAME_KEYS, marker="visual_model.prompt_encoder.invalid_points.weight",
+        inference_image=_UINT8_SQUARE,
+    ),
+}  # fmt: skip
+_BY_ARCHITECTURE = {f.architecture: name for name, f in FAMILIES.items()}
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """What config.json says, resolved to registry names.
+
+    Attributes:
+        family: key of `FAMILIES`.
+        encoder, backend: registered names.
+        encoder_kwargs, backend_kwargs: factory options (``evf_*_kwargs``; empty for official releases).
+        hidden_size, out_dim: projector widths the weights must have.
+    """
+
+    family: str
+    encoder: str
+    backend: str
+    encoder_kwargs: dict[str, Any]
+    backend_kwargs: dict[str, Any]
+    hidden_size: int | None
+    out_dim: int | None
+
+    @classmethod
+    def read(cls, directory: str | Path) -> ReleaseConfig:
+        """Parse ``<directory>/config.json``; an unknown architecture or scale, or ``evf_*`` names
+        that contradict ``architectures``, raise a `CheckpointError` naming the field."""
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: an EVF-SAM release directory holds config.json and weights"
+            )
+        cfg = json.loads(path.read_text())
+        arch = (cfg.get("architectures") or [None])[0]
+        if arch not in _BY_ARCHITECTURE:
+            raise CheckpointError(
+                f"{path}: architectures={cfg.get('architectures')!r}; known: {sorted(_BY_ARCHITECTURE)}"
+            )
+        family = _BY_ARCHITECTURE[arch]
+        backend = _resolve(path, cfg, "evf_backend", "sam_scale", FAMILIES[family].scales)
+        if BACKENDS.info(backend).family != family:
+            raise CheckpointError(
+                f"{path}: evf_backend {backend!r} is a {BACKENDS.info(backend).family} backend, "
+                f"but architectures names {arch} ({family})"
+            )
+        encoder = _resolve(path, cfg, "evf_encoder", "mm_extractor_scale", ENCODER_SCALES)
+        if ENCODERS.info(encoder).family != "beit3":
+            raise CheckpointError(f"{path}: evf_encoder {encoder!r} is not a BEIT-3 encoder")
+        return cls(
+            family, encoder, backend, dict(cfg.get("evf_encoder_kwargs") or {}),
+            dict(cfg.get("evf_backend_kwargs") or {}), cfg.get("hidden_size"), cfg.get("out_dim"),
+        )  # fmt: skip
+
+    def check_names(self, encoder: str, backend: str, source: str | Path) -> None:
+        """Raise unless the release describes encoder ``encoder`` and backend ``backend``."""
+        if (encoder, backend) != (self.encoder, self.backend):
+            raise CheckpointError(
+                f"{source}: the release holds encoder {self.encoder!r} + backend {self.backend!r}, "
+                f"but the model is configured as {encoder!r} + {backend!r}"
+            )
+
+
+def _resolve(path: Path, cfg: dict, name_key: str, scale_key: str, scales: dict[str, str]) -> str:
+    """An explicit registry name, else the official scale through ``scales``; both must agree."""
+    name, scale = cfg.get(name_key), cfg.get(scale_key)
+    if scale is not None and scale not in scales and name is None:
+        raise CheckpointError(f"{path}: {scale_key}={scale!r} is not one of {sorted(scales)}")
+    if name is not None and scale in scales and scales[scale] != name:
+        raise CheckpointError(
+            f"{path}: {name_key}={name!r} contradicts {scale_key}={scale!r} ({scales[scale]})"
+        )
+    if name is None and scale is None:
+        raise CheckpointError(f"{path}: needs {scale_key!r} (one of {sorted(scales)}) or {name_key!r}")
+    return name if name is not None else scales[scale]
+
+
+def release_family(backend: SamBackend) -> tuple[str, ReleaseFamily]:
+    """The family of ``backend`` in `FAMILIES`; other backends have no released layout."""
+    family = backend.info.family
+    if family not in FAMILIES:
+        raise CheckpointError(
+            f"backend family {family!r} has no EVF-SAM release layout; known: {sorted(FAMILIES)}"
+        )
+    return family, FAMILIES[family]
+
+
+def release_format(model: EVFSAM) -> CheckpointFormat:
+    """``evf_release_<family>``: BEIT-3 rules under ``mm_extractor.beit3.`` (dropping what the
+    encoder's fusion plan does not build) into ``encoder.``, the backend family's official rules
+    under ``visual_model.`` into ``backend.<root>.``, and the projector rule."""
+    if not isinstance(model.encoder, BEiT3Encoder):
+        raise CheckpointError(
+            f"released EVF-SAM checkpoints hold BEIT-3; this model has {type(model.encoder).__name__}"
+        )
+    name, family = release_family(model.backend)
+    target = f"backend.{family.root}."
+    rules = (
+        *prefix_rules(beit3_rules(ENCODER_PREFIX, model.encoder.plan), target="encoder."),
+        *prefix_rules(family.format.rules, source=BACKEND_PREFIX, target=target),
+        *PROJECTOR_RULES,
+    )
+    allow = tuple(target + glob for glob in family.format.allow_missing)
+    return CheckpointFormat(name=f"evf_release_{name}", rules=rules, containers=(), allow_missing=allow)
+
+
+def read_release_state(directory: str | Path) -> StateDict:
+    """All tensors of a release directory: ``model.safetensors`` before ``pytorch_model.bin``, each
+    either whole or as the shards listed in ``<name>.index.json`` (every listed shard must exist
+    and hold exactly its listed keys)."""
+    directory = Path(directory)
+    for name in WEIGHT_NAMES:
+        index = directory / f"{name}.index.json"
+        if index.is_file():
+            return _read_shards(directory, index)
+        if (directory / name).is_file():
+            return read_state_dict(directory / name, containers=())
+    raise FileNotFoundError(
+        f"{directory}: no weights; expected one of " + ", ".join(f"{n}, {n}.index.json" for n in WEIGHT_NAMES)
+    )
+
+
+def _read_shards(directory: Path, index: Path) -> StateDict:
+    weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+    state: StateDict = {}
+    for shard in sorted(set(weight_map.values())):
+        part = read_state_dict(directory / shard, containers=())
+        listed = {k for k, v in weight_map.items() if v == shard}
+        if set(part) != listed:
+            extra, absent = sorted(set(part) - listed), sorted(listed - set(part))
+            raise CheckpointError(
+                f"{directory / shard}: does not match {index.name} (extra {extra[:3]}, absent {absent[:3]})"
+            )
+        state.update(part)
+    return state
+
+
+def load_release_weights(model: EVFSAM, directory: str | Path, config: ReleaseConfig | None = None) -> None:
+    """Load a release directory's weights into ``model`` strictly (`release_format`).
+
+    Args:
+        model: an `EVFSAM` with a BEIT-3 encoder and a backend of a released family.
+        directory: the release directory.
+        config: its parsed config.json, to check the projector widths against.
+
+    Raises:
+        CheckpointError: the weights belong to another backend family than the model's, the
+            projector widths differ from the config's, or keys are missing / unexpected / of the
+            wrong shape (named).
+    """
+    directory = Path(directory)
+    fmt = release_format(model)
+    name, family = release_family(model.backend)
+    if config is not None:
+        _check_widths(directory, model, config)
+    state = read_release_state(directory)
+    if family.marker not in state:
+        found = [n for n, f in FAMILIES.items() if f.marker in state]
+        raise CheckpointError(
+            f"{directory}: config/model say {family.architecture} ({name}), "
+            f"but the weights lack {family.marker}"
+            + (f" and look like {found[0]} (they hold {FAMILIES[found[0]].marker})" if found else "")
+        )
+    mapped = fmt.remap(state, source=str(directory))
+    if not model.backend.has_image_encoder:
+        mapped = _hash_image_encoder(model, f"backend.{family.root}.image_encoder.", mapped, directory)
+    load_strict(model, mapped, fmt, source=str(directory))
+
+
+def _hash_image_encoder(model: EVFSAM, prefix: str, state: StateDict, directory: Path) -> StateDict:
+    """Embedding-cache mode (no image encoder built): the release's image-encoder tensors are hashed
+    into the stand-in's ``weights_hash``, which the cache checks its features against, not loaded."""
+    encoder_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not encoder_state:
+        raise CheckpointError(f"{directory}: no image encoder tensors ({prefix}*)")
+    model.backend.image_encoder.weights_hash = state_hash(encoder_state)
+    return {k: v for k, v in state.items() if not k.startswith(prefix)}
+
+
+def _check_widths(directory: Path, model: EVFSAM, config: ReleaseConfig) -> None:
+    widths = {"hidden_size": model.encoder.feature_dim, "out_dim": model.backend.prompt_dim}
+    for key, ours in widths.items():
+        theirs = getattr(config, key)
+        if theirs is not None and theirs != ours:
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME}: {key}={theirs}, but the model built from it has {ours}"
+            )
+
+
+def use_inference_preprocessing(model: EVFSAM) -> None:
+    """Give ``model`` (its backend instance) the image preprocessing of EVF-SAM's ``inference.py``."""
+    _, family = release_family(model.backend)
+    if family.inference_image:
+        info = model.backend.info
+        model.backend.info = replace(info, image=replace(info.image, **family.inference_image))
+
+
+def load_pretrained(
+    path: str | Path,
+    preprocessing: Literal["inference", "training"] = "inference",
+    device: str | torch.device | None = None,
+) -> EVFSAM:
+    """Build the `EVFSAM` a release directory describes and load its weights strictly.
+
+    Example:
+        >>> model = evf.load_pretrained("checkpoints/evf-sam2")  # doctest: +SKIP
+        >>> model.predict(image, ["zebra top left"]).masks  # doctest: +SKIP
+
+    Args:
+        path: the release directory (config.json, weights, tokenizer files).
+        preprocessing: ``inference`` resizes images exactly as EVF-SAM's ``inference.py`` / demo
+            (for SAM-2 and EfficientSAM a uint8 torch resize to the square input); ``training``
+            keeps the backend's registered preprocessing (EVF-SAM's training/eval data pipeline).
+        device: where to put the model (weights stay float32; for bf16 / fp16 inference pass
+            ``dtype=`` to `EVFSAM.predict`, which runs under autocast).
+
+    Returns:
+        The model in eval mode.
+    """
+    if preprocessing not in ("inference", "training"):
+        raise ValueError(f"preprocessing must be 'inference' or 'training', not {preprocessing!r}")
+    config = ReleaseConfig.read(path)
+    model = create_model(
+        config.encoder,
+        config.backend,
+        encoder_kwargs={**config.encoder_kwargs, "tokenizer": Path(path)},
+        backend_kwargs=config.backend_kwargs,
+    )
+    load_release_weights(model, path, config)
+    if preprocessing == "inference":
+        use_inference_preprocessing(model)
+    return model.to(device=device).eval()
+
+
+__all__ = [
+    "FAMILIES",
+    "ReleaseConfig",
+    "ReleaseFamily",
+    "load_pretrained",
+    "load_release_weights",
+    "read_release_state",
+    "release_format",
+]
