@@ -146,39 +146,81 @@ class EVFSAM(nn.Module):
     def predict(
         self,
         image: np.ndarray,
-        prompts: Sequence[str],
+        prompts: Sequence[str] | None,
         threshold: float = 0.0,
         dtype: torch.dtype | None = None,
+        points: Sequence[np.ndarray] | np.ndarray | None = None,
+        point_labels: Sequence[np.ndarray] | np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
     ) -> Prediction:
         """Segment ``prompts`` in one uint8 ``[H,W,3]`` RGB image; the image encoder runs once.
 
         Args:
             image: the image.
-            prompts: referring expressions.
+            prompts: referring expressions, or None for point/box prompts alone.
             threshold: logit threshold of the masks.
             dtype: compute dtype under ``torch.autocast`` (e.g. ``torch.bfloat16``), weights unchanged;
                 None computes in the weights' own dtype (``model.to(torch.bfloat16)`` runs all-bf16).
                 Logits are returned as float32 either way.
+            points: per prompt, ``[K_i,2]`` (x, y) points in original-image pixels, beside or
+                instead of the text. Ragged lists are padded with SAM's "not a point" token (label
+                -1), which, as in SAM itself, is a token the decoder sees.
+            point_labels: per prompt, ``[K_i]`` labels (1 foreground, 0 background); default all 1.
+            boxes: ``[n,4]`` boxes (x0, y0, x1, y1) in original-image pixels, one per prompt.
         """
-        if not prompts:
-            raise ValueError("predict needs at least one prompt")
+        n = _prompt_count(prompts, points, boxes)
         device = next(self.parameters()).device
         backend_spec = self.backend.info.image
-        tokens = self.encoder.preprocessor.tokenize(list(prompts))
-        image_index = torch.zeros(len(prompts), dtype=torch.long, device=device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = self(
-                sam_pixels=backend_spec(image)[None].to(device, next(self.backend.parameters()).dtype),
-                encoder_pixels=self.encoder.preprocessor.transform_image(image)[None].to(
-                    device, next(self.encoder.parameters()).dtype
-                ),
-                input_ids=tokens["input_ids"].to(device),
-                attention_mask=tokens["attention_mask"].to(device),
-                image_index=image_index,
-            )
         size = image.shape[:2]
+        image_index = torch.zeros(n, dtype=torch.long, device=device)
+        point_prompts = None
+        if points is not None:
+            coords, labels = _pad_points(points, point_labels)
+            point_prompts = PointPrompts(self.backend.transform_coords(coords, size).to(device), labels.to(device))
+        box_tensor = None
+        if boxes is not None:
+            corners = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).view(n, 2, 2)
+            box_tensor = self.backend.transform_coords(corners, size).view(n, 4).to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            pixels = backend_spec(image)[None].to(device, next(self.backend.parameters()).dtype)
+            features = self.encode_images(pixels)
+            text = None
+            if prompts is not None:
+                tokens = self.encoder.preprocessor.tokenize(list(prompts))
+                encoder_pixels = self.encoder.preprocessor.transform_image(image)[None]
+                text = self.prompt_tokens(
+                    encoder_pixels.to(device, next(self.encoder.parameters()).dtype),
+                    tokens["input_ids"].to(device),
+                    tokens["attention_mask"].to(device),
+                    image_index,
+                )
+            out = self.backend.decode(features, image_index, text, points=point_prompts, boxes=box_tensor)
         logits = self.postprocess(out.logits.float(), image_index, [backend_spec.resized_size(*size)], [size])[0]
         return Prediction(logits=logits, masks=logits > threshold, scores=out.iou[:, 0].float())
+
+
+def _prompt_count(prompts: Sequence[str] | None, points, boxes) -> int:
+    counts = {len(x) for x in (prompts, points, boxes) if x is not None}
+    if not counts or counts == {0}:
+        raise ValueError("predict needs at least one prompt (text, points or a box)")
+    if len(counts) > 1:
+        raise ValueError(f"prompts, points and boxes must have one entry per prompt, got lengths {sorted(counts)}")
+    return counts.pop()
+
+
+def _pad_points(points, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged per-prompt points -> ``[n,K,2]`` coords and ``[n,K]`` labels, padded with label -1."""
+    rows = [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in points]
+    label_rows = [np.ones(len(r)) for r in rows] if labels is None else [np.asarray(lb).reshape(-1) for lb in labels]
+    k = max(len(r) for r in rows)
+    coords = torch.zeros(len(rows), k, 2)
+    padded = torch.full((len(rows), k), -1, dtype=torch.long)
+    for i, (r, lb) in enumerate(zip(rows, label_rows, strict=True)):
+        if len(lb) != len(r):
+            raise ValueError(f"prompt {i}: {len(r)} points but {len(lb)} labels")
+        coords[i, : len(r)] = torch.from_numpy(r)
+        padded[i, : len(r)] = torch.from_numpy(lb.astype(np.int64))
+    return coords, padded
 
 
 def create_model(

@@ -78,3 +78,34 @@ def test_create_model_accepts_built_parts():
     assert model.encoder is encoder and model.backend is backend
     assert model.projector[0].in_features == encoder.feature_dim
     assert model.projector[-1].out_features == backend.prompt_dim
+
+
+def test_point_prompts_alone_match_sam_predictor(tiny_model):
+    from segment_anything import SamPredictor
+
+    model = tiny_model.eval()
+    image = np.random.default_rng(1).integers(0, 256, (90, 140, 3), dtype=np.uint8)
+    points = np.array([[40.0, 30.0], [100.0, 60.0]])
+    labels = np.array([1, 0])
+    result = model.predict(image, None, points=[points], point_labels=[labels])
+    predictor = SamPredictor(model.backend.sam)
+    predictor.set_image(image)
+    reference, _, _ = predictor.predict(points, labels, multimask_output=False, return_logits=True)
+    torch.testing.assert_close(result.logits.numpy(), reference, atol=1e-4, rtol=0)
+
+
+def test_text_with_ragged_points_and_boxes(tiny_model):
+    model = tiny_model.eval()
+    image = np.random.default_rng(2).integers(0, 256, (90, 140, 3), dtype=np.uint8)
+    prompts = ["the red circle", "the square on the left"]
+    points = [np.array([[10.0, 20.0]]), np.array([[30.0, 40.0], [50.0, 60.0]])]
+    boxes = np.array([[0, 0, 70, 45], [60, 10, 139, 89]], dtype=np.float32)
+    with_extra = model.predict(image, prompts, points=points, boxes=boxes)
+    text_only = model.predict(image, prompts)
+    assert with_extra.logits.shape == (2, 90, 140)
+    assert not torch.allclose(with_extra.logits, text_only.logits)  # the extra prompts are used
+    # Each prompt decodes independently of the others in the batch (same padded point count).
+    alone = model.predict(image, prompts[1:], points=points[1:], boxes=boxes[1:])
+    torch.testing.assert_close(alone.logits[0], with_extra.logits[1], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        model.predict(image, prompts, boxes=boxes[:1])
