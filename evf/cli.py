@@ -1,9 +1,11 @@
 """The ``evf`` command: LightningCLI ``fit / validate / test / predict`` plus extra tools.
 
-    evf fit --config configs/quickstart.yaml
-    evf predict --ckpt_path RUN.ckpt --image IMG --prompt "the red circle" --prompt "..." --output DIR
-    evf predict --ckpt_path RUN.ckpt --manifest prompts.csv --output DIR   # each image its own prompts
-    evf <tool> --help          # extra tools, listed by `evf --help`
+evf fit --config configs/quickstart.yaml
+evf predict --ckpt_path RUN.ckpt --image IMG --prompt "the red circle" --prompt "..." --output DIR
+evf predict --ckpt_path RUN.ckpt --image IMG --prompt "the dog" --box 10,20,200,180 --output DIR
+evf predict --ckpt_path RUN.ckpt --image IMG --point 50,60 --point 90,40,0 --output DIR  # no text
+evf predict --ckpt_path RUN.ckpt --manifest prompts.csv --output DIR   # each image its own prompts
+evf <tool> --help          # extra tools, listed by `evf --help`
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ class EVFCLI(LightningCLI):
     * Data defaults to the embedded synthetic shapes dataset.
     * Our datamodules shard data across processes themselves (no padded duplicates in
       evaluation), so Lightning's sampler replacement is off.
-    * ``predict`` takes ``--image`` (file or folder, repeatable), ``--prompt`` (repeatable) and
-      ``--output``.
+    * ``predict`` takes ``--image`` (file or folder, repeatable), ``--prompt`` (repeatable),
+      ``--point x,y[,label]`` (repeatable) and ``--box x0,y0,x1,y1`` (joining every ``--prompt``,
+      or a prompt of their own without one), ``--manifest`` and ``--output``.
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
@@ -85,6 +88,10 @@ class EVFCLI(LightningCLI):
             group = parser.add_argument_group("Prompted images")
             group.add_argument("--image", action="append", help="Image file or folder (repeatable).")
             group.add_argument("--prompt", action="append", help="Expression for every --image (repeatable).")
+            group.add_argument(
+                "--point", action="append", help="x,y[,label] in image pixels (repeatable; label 1 fg, 0 bg)."
+            )
+            group.add_argument("--box", help="x0,y0,x1,y1 in image pixels.")
             group.add_argument("--manifest", help="JSON or CSV file mapping images to their own prompts.")
             group.add_argument("--output", default="predictions", help="Folder for the PNGs and JSON files.")
             group.add_argument("--batch_size", type=int, default=1, help="Images per forward pass.")
@@ -98,7 +105,13 @@ class EVFCLI(LightningCLI):
         if not cfg.get("image") and not cfg.get("manifest"):
             self.trainer.predict(model, datamodule=datamodule, **kwargs)
             return
-        items = collect_inputs(cfg.get("image") or [], cfg.get("prompt") or [], cfg.get("manifest"))
+        items = collect_inputs(
+            cfg.get("image") or [],
+            cfg.get("prompt") or [],
+            cfg.get("manifest"),
+            cfg.get("point") or [],
+            cfg.get("box"),
+        )
         hp = model.hparams
         data = PredictDataModule(items, hp.encoder, hp.backend, hp.tokenizer, batch_size=cfg["batch_size"])
         writer = MaskWriter(cfg["output"])

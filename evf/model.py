@@ -45,7 +45,9 @@ class EVFSAM(nn.Module):
     normalisation statistics and dropout never change.
     """
 
-    def __init__(self, encoder: MultimodalEncoder, backend: SamBackend, trainable: TrainableParts | None = None):
+    def __init__(
+        self, encoder: MultimodalEncoder, backend: SamBackend, trainable: TrainableParts | None = None
+    ):
         super().__init__()
         self.encoder = encoder
         self.backend = backend
@@ -138,7 +140,9 @@ class EVFSAM(nn.Module):
     ) -> list[torch.Tensor]:
         """``[N,1,h,w]`` -> list of B tensors ``[n_i,H_i,W_i]`` at the original resolutions."""
         return [
-            self.backend.postprocess(low_res_logits[image_index == i], tuple(input_sizes[i]), tuple(original_sizes[i]))
+            self.backend.postprocess(
+                low_res_logits[image_index == i], tuple(input_sizes[i]), tuple(original_sizes[i])
+            )
             for i in range(len(original_sizes))
         ]
 
@@ -152,6 +156,7 @@ class EVFSAM(nn.Module):
         points: Sequence[np.ndarray] | np.ndarray | None = None,
         point_labels: Sequence[np.ndarray] | np.ndarray | None = None,
         boxes: np.ndarray | None = None,
+        image_features: ImageFeatures | None = None,
     ) -> Prediction:
         """Segment ``prompts`` in one uint8 ``[H,W,3]`` RGB image; the image encoder runs once.
 
@@ -167,6 +172,8 @@ class EVFSAM(nn.Module):
                 -1), which, as in SAM itself, is a token the decoder sees.
             point_labels: per prompt, ``[K_i]`` labels (1 foreground, 0 background); default all 1.
             boxes: ``[n,4]`` boxes (x0, y0, x1, y1) in original-image pixels, one per prompt.
+            image_features: `image_features` of this image, to decode several groups of prompts
+                with one image-encoder pass.
         """
         n = _prompt_count(prompts, points, boxes)
         device = next(self.parameters()).device
@@ -176,14 +183,15 @@ class EVFSAM(nn.Module):
         point_prompts = None
         if points is not None:
             coords, labels = _pad_points(points, point_labels)
-            point_prompts = PointPrompts(self.backend.transform_coords(coords, size).to(device), labels.to(device))
+            point_prompts = PointPrompts(
+                self.backend.transform_coords(coords, size).to(device), labels.to(device)
+            )
         box_tensor = None
         if boxes is not None:
             corners = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).view(n, 2, 2)
             box_tensor = self.backend.transform_coords(corners, size).view(n, 4).to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            pixels = backend_spec(image)[None].to(device, next(self.backend.parameters()).dtype)
-            features = self.encode_images(pixels)
+            features = self.image_features(image) if image_features is None else image_features
             text = None
             if prompts is not None:
                 tokens = self.encoder.preprocessor.tokenize(list(prompts))
@@ -195,8 +203,17 @@ class EVFSAM(nn.Module):
                     image_index,
                 )
             out = self.backend.decode(features, image_index, text, points=point_prompts, boxes=box_tensor)
-        logits = self.postprocess(out.logits.float(), image_index, [backend_spec.resized_size(*size)], [size])[0]
+        logits = self.postprocess(
+            out.logits.float(), image_index, [backend_spec.resized_size(*size)], [size]
+        )[0]
         return Prediction(logits=logits, masks=logits > threshold, scores=out.iou[:, 0].float())
+
+    def image_features(self, image: np.ndarray) -> ImageFeatures:
+        """Backend features of one uint8 ``[H,W,3]`` RGB image (for `predict`'s ``image_features``)."""
+        pixels = self.backend.info.image(image)[None]
+        return self.encode_images(
+            pixels.to(next(self.backend.parameters()).device, next(self.backend.parameters()).dtype)
+        )
 
 
 def _prompt_count(prompts: Sequence[str] | None, points, boxes) -> int:
@@ -204,14 +221,18 @@ def _prompt_count(prompts: Sequence[str] | None, points, boxes) -> int:
     if not counts or counts == {0}:
         raise ValueError("predict needs at least one prompt (text, points or a box)")
     if len(counts) > 1:
-        raise ValueError(f"prompts, points and boxes must have one entry per prompt, got lengths {sorted(counts)}")
+        raise ValueError(
+            f"prompts, points and boxes must have one entry per prompt, got lengths {sorted(counts)}"
+        )
     return counts.pop()
 
 
 def _pad_points(points, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged per-prompt points -> ``[n,K,2]`` coords and ``[n,K]`` labels, padded with label -1."""
     rows = [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in points]
-    label_rows = [np.ones(len(r)) for r in rows] if labels is None else [np.asarray(lb).reshape(-1) for lb in labels]
+    label_rows = (
+        [np.ones(len(r)) for r in rows] if labels is None else [np.asarray(lb).reshape(-1) for lb in labels]
+    )
     k = max(len(r) for r in rows)
     coords = torch.zeros(len(rows), k, 2)
     padded = torch.full((len(rows), k), -1, dtype=torch.long)

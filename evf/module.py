@@ -12,9 +12,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder_record, restore_image_encoder
+from evf.datamodules.predict import Prompt
 from evf.losses import mask_losses
 from evf.metrics import ReferringIoU
 from evf.model import EVFSAM, TrainableParts, create_model
+from evf.prediction import predict_prompts
 from evf.pretrained import ReleaseConfig, load_release_weights
 from evf.results import write_results
 from evf.visualize import attention_grid, images_from_pixels, overlay_grid
@@ -114,14 +116,20 @@ class EVFSAMModule(L.LightningModule):
         self.save_hyperparameters(logger=False)  # logged with their hp/ metrics by _log_hparams
         self._hparams_logged = False
         # Checkpoints keep plain dicts (readable with weights_only=True), not dataclass objects.
-        self.hparams.update(trainable=asdict(self.trainable), optim=asdict(self.optim), loss=asdict(self.loss_weights))
+        self.hparams.update(
+            trainable=asdict(self.trainable), optim=asdict(self.optim), loss=asdict(self.loss_weights)
+        )
         self.log_images_every_n_steps = log_images_every_n_steps
         self.num_logged_images = num_logged_images
         self.model: EVFSAM = create_model(
             encoder,
             backend,
             trainable=self.trainable,
-            encoder_kwargs={"tokenizer": tokenizer, "checkpoint": encoder_checkpoint, **(encoder_kwargs or {})},
+            encoder_kwargs={
+                "tokenizer": tokenizer,
+                "checkpoint": encoder_checkpoint,
+                **(encoder_kwargs or {}),
+            },
             backend_kwargs={
                 "checkpoint": backend_checkpoint,
                 **(backend_kwargs or {}),
@@ -165,7 +173,9 @@ class EVFSAMModule(L.LightningModule):
             image_index=batch["image_index"],
             image_features=batch.get("image_features"),
         )
-        logits = self.model.postprocess(out.logits, batch["image_index"], batch["input_sizes"], batch["original_sizes"])
+        logits = self.model.postprocess(
+            out.logits, batch["image_index"], batch["input_sizes"], batch["original_sizes"]
+        )
         return logits, out.iou[:, 0]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -195,20 +205,32 @@ class EVFSAMModule(L.LightningModule):
         self._eval_step("test", batch, batch_idx, dataloader_idx)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """One record per image: its prompts, logits ``[n,H,W]``, boolean masks and predicted IoUs
-        (none for a batch whose every image failed to load: `PromptedImages` reports those)."""
+        """One record per image: its `Prompt` s, logits ``[n,H,W]``, boolean masks and predicted IoUs
+        (none for a batch whose every image failed to load: `PromptedImages` reports those). Text
+        prompts decode batched; a batch with points or boxes decodes image by image."""
         if not batch["image_ids"]:
             return []
+        prompts = batch.get("prompts") or [
+            tuple(
+                Prompt(t)
+                for t, j in zip(batch["texts"], batch["image_index"].tolist(), strict=True)
+                if j == i
+            )
+            for i in range(len(batch["image_ids"]))
+        ]
+        if not all(p.text_only for image_prompts in prompts for p in image_prompts):
+            # points / boxes are in original-image pixels: each image through EVFSAM.predict
+            results = [
+                predict_prompts(self.model, img, ps) for img, ps in zip(batch["images"], prompts, strict=True)
+            ]
+            return [
+                {"prompts": ps, "logits": r.logits, "masks": r.masks, "scores": r.scores}
+                for ps, r in zip(prompts, results, strict=True)
+            ]
         logits, iou = self._decode(batch)
         index = batch["image_index"]
-        texts = batch["texts"]
         return [
-            {
-                "texts": [t for t, j in zip(texts, index.tolist(), strict=True) if j == i],
-                "logits": lg.float(),
-                "masks": lg > 0,
-                "scores": iou[index == i].float(),
-            }
+            {"prompts": prompts[i], "logits": lg.float(), "masks": lg > 0, "scores": iou[index == i].float()}
             for i, lg in enumerate(logits)
         ]
 
@@ -308,14 +330,22 @@ class EVFSAMModule(L.LightningModule):
         if not groups:
             raise ValueError("nothing to train: every part is frozen (see `trainable`)")
         return [
-            {"params": ps, "weight_decay": self.optim.weight_decay if decay else 0.0, "lr": self.optim.lr * scale}
+            {
+                "params": ps,
+                "weight_decay": self.optim.weight_decay if decay else 0.0,
+                "lr": self.optim.lr * scale,
+            }
             for (decay, scale), ps in groups.items()
         ]
 
     # ---- logging -------------------------------------------------------------------------------
     def _log_overlays(self, stage: str, batch: dict, logits: list[torch.Tensor]) -> None:
         experiment = getattr(self.logger, "experiment", None)
-        if self.num_logged_images <= 0 or not hasattr(experiment, "add_image") or not self.trainer.is_global_zero:
+        if (
+            self.num_logged_images <= 0
+            or not hasattr(experiment, "add_image")
+            or not self.trainer.is_global_zero
+        ):
             return
         if batch.get("sam_pixels") is not None:
             pixels, spec = batch["sam_pixels"], self.model.backend.info.image

@@ -1,8 +1,9 @@
 """Prediction outputs, and prediction over many images from Python.
 
 For every (image, prompt) the writer saves ``<stem>_<k>_mask.png`` (0/255) and
-``<stem>_<k>_overlay.png``, and records in ``predictions.json``: image, prompt, file names, predicted
-IoU (``score``), mask area and the mask as COCO RLE (``rle``: ``size`` [h, w] and ``counts`` as a
+``<stem>_<k>_overlay.png``, and records in ``predictions.json``: image, prompt (the text, or null),
+its ``points`` / ``point_labels`` / ``box`` when it has them, file names, predicted IoU
+(``score``), mask area and the mask as COCO RLE (``rle``: ``size`` [h, w] and ``counts`` as a
 string, `pycocotools.mask.decode` reads it back). Images that could not be read are listed in
 ``failures.json`` (image, error). Stems that repeat (``a.jpg`` and ``a.png``) get ``_1``, ``_2``, ...
 
@@ -26,8 +27,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from evf.datamodules.base import BatchBuilder
-from evf.datamodules.predict import collect_inputs, predict_loader
-from evf.model import EVFSAM
+from evf.datamodules.predict import Prompt, collect_inputs, predict_loader
+from evf.model import EVFSAM, Prediction
 from evf.visualize import overlay
 
 log = logging.getLogger(__name__)
@@ -58,15 +59,15 @@ class PredictionWriter:
         self,
         image: np.ndarray,
         image_id: str,
-        texts: Sequence[str],
+        prompts: Sequence[Prompt],
         masks: torch.Tensor,
         scores: torch.Tensor,
     ):
         """Record (and write) the ``[n,H,W]`` bool masks of one image's ``n`` prompts."""
         stem = self._stem(image_id)
-        for k, (text, mask, score) in enumerate(zip(texts, masks, scores, strict=True)):
+        for k, (prompt, mask, score) in enumerate(zip(prompts, masks, scores, strict=True)):
             mask = mask.cpu().numpy()
-            record = {"image": image_id, "prompt": text, "score": float(score), "area": int(mask.sum())}
+            record = {"image": image_id, **prompt.record(), "score": float(score), "area": int(mask.sum())}
             if self.output is not None:
                 record["mask"], record["overlay"] = f"{stem}_{k}_mask.png", f"{stem}_{k}_overlay.png"
                 Image.fromarray(mask.astype(np.uint8) * 255).save(self.output / record["mask"])
@@ -121,7 +122,7 @@ class MaskWriter(BasePredictionWriter):
         for failure in batch["failures"]:
             self.writer.fail(failure)
         for image, image_id, result in zip(batch["images"], batch["image_ids"], prediction, strict=True):
-            self.writer.add(image, image_id, result["texts"], result["masks"], result["scores"])
+            self.writer.add(image, image_id, result["prompts"], result["masks"], result["scores"])
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
@@ -140,7 +141,7 @@ class PredictionReport:
 def predict_images(
     model: EVFSAM,
     images: str | Path | Sequence[str | Path] = (),
-    prompts: str | Sequence[str] = (),
+    prompts: str | Prompt | Sequence[str | Prompt] = (),
     manifest: str | Path | None = None,
     output: str | Path | None = None,
     batch_size: int = 1,
@@ -166,7 +167,7 @@ def predict_images(
         The records and the failures (a missing or unreadable image is reported, not raised).
     """
     images = [images] if isinstance(images, str | Path) else list(images)
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = [prompts] if isinstance(prompts, str | Prompt) else list(prompts)
     items = collect_inputs(images, prompts, manifest)
     builder = BatchBuilder(model.encoder.preprocessor, model.backend.info.image, keep_images=True)
     writer = PredictionWriter(None if output is None else Path(output))
@@ -187,9 +188,57 @@ def predict_images(
     return PredictionReport(writer.records, writer.failures)
 
 
+@torch.no_grad()
+def predict_prompts(
+    model: EVFSAM, image: np.ndarray, prompts: Sequence[Prompt], threshold: float = 0.0, dtype=None
+) -> Prediction:
+    """`EVFSAM.predict` for `Prompt` s that mix texts, points and boxes, image encoder run once.
+
+    Prompts decode in groups of the same kind (with or without text, with or without a box), so
+    each gets exactly the decoder tokens it would get alone, except that ragged point lists within
+    a group are padded with SAM's "not a point" token. Results come back in the order of ``prompts``.
+    """
+    groups: dict[tuple[bool, bool], list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault((p.text is not None, p.box is not None), []).append(i)
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        features = model.image_features(image)
+    parts = []
+    for (has_text, has_box), rows in groups.items():
+        chosen = [prompts[i] for i in rows]
+        with_points = any(p.points for p in chosen)
+        parts.append(
+            model.predict(
+                image,
+                [p.text for p in chosen] if has_text else None,
+                threshold=threshold,
+                dtype=dtype,
+                points=[np.asarray(p.points, dtype=np.float32).reshape(-1, 2) for p in chosen]
+                if with_points
+                else None,
+                point_labels=[np.asarray(p.point_labels) for p in chosen] if with_points else None,
+                boxes=np.asarray([p.box for p in chosen], dtype=np.float32) if has_box else None,
+                image_features=features,
+            )
+        )
+    order = torch.as_tensor([i for rows in groups.values() for i in rows]).argsort()
+    logits = torch.cat([part.logits for part in parts])[order]
+    return Prediction(
+        logits=logits, masks=logits > threshold, scores=torch.cat([p.scores for p in parts])[order]
+    )
+
+
 def _predict_batch(
     model: EVFSAM, batch: dict, writer: PredictionWriter, device, dtype, threshold: float
 ) -> None:
+    if not all(p.text_only for prompts in batch["prompts"] for p in prompts):
+        for image, image_id, prompts in zip(
+            batch["images"], batch["image_ids"], batch["prompts"], strict=True
+        ):
+            result = predict_prompts(model, image, prompts, threshold, dtype)
+            writer.add(image, image_id, prompts, result.masks, result.scores)
+        return
     index = batch["image_index"].to(device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         out = model(
@@ -200,12 +249,17 @@ def _predict_batch(
             image_index=index,
         )
     logits = model.postprocess(out.logits.float(), index, batch["input_sizes"], batch["original_sizes"])
-    texts = np.array(batch["texts"], dtype=object)
-    for i, (image, image_id) in enumerate(zip(batch["images"], batch["image_ids"], strict=True)):
-        rows = (index == i).cpu()
-        writer.add(
-            image, image_id, list(texts[rows.numpy()]), logits[i] > threshold, out.iou[index == i, 0].float()
-        )
+    for i, (image, image_id, prompts) in enumerate(
+        zip(batch["images"], batch["image_ids"], batch["prompts"], strict=True)
+    ):
+        writer.add(image, image_id, prompts, logits[i] > threshold, out.iou[index == i, 0].float())
 
 
-__all__ = ["MaskWriter", "PredictionReport", "PredictionWriter", "encode_rle", "predict_images"]
+__all__ = [
+    "MaskWriter",
+    "PredictionReport",
+    "PredictionWriter",
+    "encode_rle",
+    "predict_images",
+    "predict_prompts",
+]

@@ -12,9 +12,9 @@ from pycocotools import mask as mask_utils
 
 import evf
 from evf.cli import main
-from evf.datamodules.predict import collect_inputs, read_manifest
+from evf.datamodules.predict import Prompt, collect_inputs, read_manifest
 from evf.module import EVFSAMModule
-from evf.prediction import predict_images
+from evf.prediction import predict_images, predict_prompts
 
 PROMPTS = ["the red circle", "the blue square on the left"]
 CPU = ["--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
@@ -86,11 +86,13 @@ def test_cli_manifest_gives_each_image_its_prompts(tmp_path, folder, checkpoint)
 def test_manifests_in_json_and_csv(tmp_path, folder):
     (tmp_path / "m.json").write_text(json.dumps({"images/a.png": ["x", "y"], "images": "z"}))
     items = read_manifest(tmp_path / "m.json")
-    assert [(i.path.name, i.prompts) for i in items] == [
+    assert [(i.path.name, tuple(p.text for p in i.prompts)) for i in items] == [
         ("a.png", ("x", "y")), ("a.png", ("z",)), ("b.jpg", ("z",)), ("broken.png", ("z",)),
     ]  # fmt: skip
     (tmp_path / "l.json").write_text(json.dumps([{"image": "images/b.jpg", "prompt": "one"}]))
-    assert [(i.path, i.prompts) for i in read_manifest(tmp_path / "l.json")] == [(folder / "b.jpg", ("one",))]
+    assert [(i.path, i.prompts) for i in read_manifest(tmp_path / "l.json")] == [
+        (folder / "b.jpg", (Prompt("one"),))
+    ]
     (tmp_path / "bad.json").write_text(json.dumps([{"image": "images/b.jpg"}]))
     with pytest.raises(ValueError, match="entry 0 needs"):
         read_manifest(tmp_path / "bad.json")
@@ -150,3 +152,77 @@ def test_bf16_weights_run_for_efficient_sam_but_not_for_the_upstream_sam_positio
     assert (bf16.masks == fp32.masks).float().mean() > 0.98
     with pytest.raises(RuntimeError, match="same dtype"):
         evf.create_model("beit3_tiny", "sam_tiny").eval().to(torch.bfloat16).predict(image, PROMPTS)
+
+
+def test_manifest_prompts_with_points_and_boxes_in_json_and_csv(tmp_path, folder):
+    (tmp_path / "m.json").write_text(json.dumps({"images/a.png": [
+        {"text": "the cat", "box": [1, 2, 30, 40]},
+        {"points": [[5, 6], [7, 8]], "point_labels": [1, 0]},
+    ]}))  # fmt: skip
+    (item,) = read_manifest(tmp_path / "m.json")
+    assert item.prompts == (
+        Prompt("the cat", box=(1.0, 2.0, 30.0, 40.0)),
+        Prompt(None, points=((5.0, 6.0), (7.0, 8.0)), point_labels=(1, 0)),
+    )
+    (tmp_path / "m.csv").write_text(
+        "image,prompt,points,box\nimages/a.png,the cat,,1 2 30 40\nimages/a.png,,5 6; 7 8 0,\n"
+    )
+    assert read_manifest(tmp_path / "m.csv")[0].prompts == item.prompts
+    (tmp_path / "bad.csv").write_text("image,prompt,box\nimages/a.png,x,30 2 1 40\n")
+    with pytest.raises(ValueError, match=r"bad.csv, line 2: a box is x0, y0, x1, y1"):
+        read_manifest(tmp_path / "bad.csv")
+    (tmp_path / "bad.json").write_text(json.dumps({"images/a.png": [{"text": "x", "point": [[1, 2]]}]}))
+    with pytest.raises(ValueError, match=r"images/a.png: unknown key\(s\) \['point'\]"):
+        read_manifest(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="1 point\\(s\\) but 2 label"):
+        Prompt(points=((1, 2),), point_labels=(1, 0))
+
+
+def test_mixed_prompts_equal_their_separate_predictions_with_one_image_encoder_pass():
+    model = evf.create_model("beit3_tiny", "sam_tiny").eval()
+    image = np.random.default_rng(5).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    prompts = [
+        Prompt(points=((10, 20), (40, 30)), point_labels=(1, 0)),
+        Prompt("the red circle"),
+        Prompt("the square", box=(5, 5, 50, 40)),
+        Prompt(box=(20, 10, 80, 55)),
+    ]
+    passes = []
+    model.backend.image_encoder.register_forward_hook(lambda m, args, out: passes.append(1))
+    mixed = predict_prompts(model, image, prompts)
+    assert len(passes) == 1
+    alone = [
+        model.predict(image, None, points=[np.array([[10, 20], [40, 30]])], point_labels=[np.array([1, 0])]),
+        model.predict(image, ["the red circle"]),
+        model.predict(image, ["the square"], boxes=np.array([[5, 5, 50, 40]])),
+        model.predict(image, None, boxes=np.array([[20, 10, 80, 55]])),
+    ]
+    for k, single in enumerate(alone):
+        torch.testing.assert_close(mixed.logits[k], single.logits[0], msg=f"prompt {k}")
+        torch.testing.assert_close(mixed.scores[k], single.scores[0])
+
+
+def test_cli_points_and_box_join_the_text_or_stand_alone(tmp_path, folder, checkpoint):
+    image = folder / "a.png"
+    out = tmp_path / "pred"
+    main(["predict", f"--ckpt_path={checkpoint}", "--image", str(image), "--prompt", PROMPTS[0],
+          "--box", "4,5,60,50", f"--output={out}/text_box", *CPU])  # fmt: skip
+    main(["predict", f"--ckpt_path={checkpoint}", "--image", str(image), "--point", "30,20",
+          "--point", "70,50,0", f"--output={out}/points", *CPU])  # fmt: skip
+    (with_box,) = json.loads((out / "text_box/predictions.json").read_text())
+    (points,) = json.loads((out / "points/predictions.json").read_text())
+    assert with_box["prompt"] == PROMPTS[0] and with_box["box"] == [4.0, 5.0, 60.0, 50.0]
+    assert points["prompt"] is None and points["points"] == [[30.0, 20.0], [70.0, 50.0]]
+    assert points["point_labels"] == [1, 0]
+
+    model = EVFSAMModule.load_from_checkpoint(checkpoint).model.eval()
+    rgb = np.asarray(Image.open(image).convert("RGB"))
+    expected = {
+        "text_box": model.predict(rgb, [PROMPTS[0]], boxes=np.array([[4, 5, 60, 50]])).masks[0],
+        "points": model.predict(
+            rgb, None, points=[np.array([[30, 20], [70, 50]])], point_labels=[np.array([1, 0])]
+        ).masks[0],
+    }
+    for name, record in (("text_box", with_box), ("points", points)):
+        written = np.asarray(Image.open(out / name / record["mask"])) > 0
+        assert np.array_equal(written, expected[name].numpy()), name

@@ -12,7 +12,7 @@ from typing import Literal
 from evf.sweep.grid import Grid
 from evf.sweep.launchers import LocalLauncher, ParallelLauncher, SlurmLauncher
 from evf.sweep.report import MANIFEST, write_report
-from evf.sweep.runner import RunJob, mark_pending, should_run
+from evf.sweep.runner import RunJob, mark_pending, recorded_with_other_overrides, should_run
 
 
 def sweep(
@@ -54,6 +54,13 @@ def sweep(
     selected = [job for job in jobs if only is None or fnmatch.fnmatchcase(job.name, only)]
     if not selected:
         raise ValueError(f"no run of {spec.name} matches --only {only!r}")
+    edited = [job.name for job in selected if recorded_with_other_overrides(job)]
+    if edited:
+        raise ValueError(
+            f"{out}: run(s) {', '.join(edited)} were started with other overrides than {grid} now "
+            "gives them; delete those run directories or pass another --out (their results would "
+            "no longer match the grid)"
+        )
     plan = [(job, *should_run(job.run_dir, retry_failed)) for job in selected]
     width = max(len(job.name) for job in selected)
     for job, _, reason in plan:

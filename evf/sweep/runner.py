@@ -163,6 +163,15 @@ def should_run(run_dir: Path, retry_failed: bool = False) -> tuple[bool, str]:
     return True, {"pending": "start", "running": "resume", "failed": "retry"}[state]
 
 
+def recorded_with_other_overrides(job: RunJob) -> bool:
+    """Whether ``job``'s directory holds a run started with other overrides (an edited grid)."""
+    status = read_status(job.run_dir)
+    if status is None or "overrides" not in status:
+        return False
+    as_recorded = json.loads(json.dumps(job.overrides, default=str))  # as status.json stores them
+    return status["overrides"] != as_recorded
+
+
 def _alive_here(status: dict[str, Any]) -> bool:
     """Whether the runner or the phase process recorded in ``status`` still runs on this machine."""
     if status.get("host") != socket.gethostname():

@@ -12,6 +12,7 @@ import yaml
 
 from evf.cli import main
 from evf.sweep import launchers, runner
+from evf.sweep.grid import Grid
 from evf.sweep.launchers import ParallelLauncher
 from evf.sweep.report import write_report
 from evf.sweep.runner import RunJob, read_status, should_run, summarize_error, write_status
@@ -292,6 +293,22 @@ def test_dry_run_prints_the_selected_runs_and_writes_nothing(tmp_path, monkeypat
     )
     assert f"--trainer.default_root_dir={(out / 'early,seed=1').resolve()}" in printed
     assert not out.exists()
+
+
+def test_a_grid_edited_after_its_runs_started_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner.subprocess, "Popen", _NoSubprocess)
+    grid = {"rows": [{"name": "text", "model.optim.lr": 0.001}]}
+    out = tmp_path / "sweep"
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"base_overrides": TINY, **grid}, sort_keys=False))
+    job = RunJob.from_run(Grid.from_file(path).expand()[0], Grid.from_file(path), BASE, out)
+    write_status(job.run_dir, {**runner._identity(job), "status": "done"})
+    _sweep(tmp_path, grid)  # unchanged: skipped, no error
+
+    grid["rows"][0]["model.optim.lr"] = 0.002
+    with pytest.raises(ValueError, match=r"run\(s\) text were started with other overrides"):
+        _sweep(tmp_path, grid)
+    assert read_status(job.run_dir)["overrides"]["model.optim.lr"] == 0.001  # nothing overwritten
 
 
 def test_failed_runs_are_retried_only_when_asked(tmp_path):
