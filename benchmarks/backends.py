@@ -6,16 +6,17 @@
 
 Each backend runs in a fresh process: build it (random init, eval mode, fp32 weights; ``bf16``
 runs under autocast as ``bf16-mixed`` does), encode one ``S x S`` image (its input size) under
-``inference_mode``, then decode ``N`` prompts of that image in one mask-decoder call, each prompt
-one projected text token (as EVF-SAM decodes). Time: one warm-up call, then the fastest and the
-median of ``--repeats`` calls (other processes on a shared CPU only ever add time). Decoder time
-is per prompt: a call's time over ``N``. Memory: on CPU the process's peak RSS after the build
-(weights) and after encoding (weights + activations; ``inference_mode`` keeps none of them beyond
-the layer that made them); on GPU, ``torch.cuda.max_memory_allocated`` during encoding and
-decoding. The table's CPU memory is the peak RSS above the process's RSS before the build (the
-interpreter, torch and evf). GFLOPs: ``FlopCounterMode`` on the meta device (matmuls,
-convolutions, attention). SAM 2.1 has the architecture of SAM 2 (other weights), so only
-``sam2_hiera_*`` rows are run. Writes ``benchmarks/results/backends_<device>.json`` and prints a Markdown table.
+``inference_mode`` (``--grad-mode no_grad`` to compare), then decode ``N`` prompts of that image
+in one mask-decoder call, each prompt one projected text token (as EVF-SAM decodes). Time: one
+warm-up call, then the fastest and the median of ``--repeats`` calls (other processes on a shared
+CPU only ever add time). Decoder time is per prompt: a call's time over ``N``. Memory: on CPU
+the process's peak RSS after the build (weights) and after encoding (weights + activations;
+``inference_mode`` keeps none of them beyond the layer that made them); on GPU,
+``torch.cuda.max_memory_allocated`` during encoding and decoding. The table's CPU memory is the
+peak RSS above the process's RSS before the build (the interpreter, torch and evf). GFLOPs:
+``FlopCounterMode`` on the meta device (matmuls, convolutions, attention). SAM 2.1 has the
+architecture of SAM 2 (other weights), so only ``sam2_hiera_*`` rows are run. Writes
+``benchmarks/results/backends_<device>.json`` and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -62,9 +63,12 @@ def measure(args: argparse.Namespace, name: str) -> dict:
     rss_built = peak_bytes(torch.device("cpu"))
     pixels = torch.randn(1, 3, size, size, device=device)
     reset_peak(device)
-    with torch.inference_mode(), autocast(device, args.precision):
-        encode_times = timed(lambda: backend.encode_image(pixels), device, args.warmup, args.repeats)
-        features = backend.encode_image(pixels)
+    grad_mode = torch.inference_mode() if args.grad_mode == "inference_mode" else torch.no_grad()
+    with grad_mode, autocast(device, args.precision):
+        features = backend.encode_image(pixels)  # the first warm-up call; its features are decoded below
+        encode_times = timed(
+            lambda: backend.encode_image(pixels), device, max(args.warmup - 1, 0), args.repeats
+        )
         encode_peak = peak_bytes(device)
         decode = {}
         for n in args.prompts:
@@ -119,6 +123,12 @@ def main() -> None:
     parser.add_argument("--prompts", nargs="+", type=int, default=[1, 8], help="prompts per decoder call")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument(
+        "--grad-mode",
+        choices=["inference_mode", "no_grad"],
+        default="inference_mode",
+        help="how autograd is off (EVFSAM.encode_images uses no_grad in training)",
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -130,7 +140,8 @@ def main() -> None:
         print(json.dumps(measure(args, args.backends[0])))
         return
     passed = ["--prompts", *map(str, args.prompts), "--device", args.device, "--precision", args.precision,
-              "--warmup", str(args.warmup), "--repeats", str(args.repeats)]  # fmt: skip
+              "--grad-mode", args.grad_mode, "--warmup", str(args.warmup),
+              "--repeats", str(args.repeats)]  # fmt: skip
     rows = []
     for name in args.backends:
         print(f"{name} ...", file=sys.stderr, flush=True)

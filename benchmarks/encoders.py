@@ -78,19 +78,25 @@ def measure(name: str, kwargs: dict, expressions: int, repeats: int) -> dict:
         step()
         times.append(time.perf_counter() - start)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline
-    return {"params": params, "seconds": min(times), "all_seconds": times, "peak_bytes": peak_kib * 1024,
-            "threads": torch.get_num_threads()}
+    return {
+        "params": params,
+        "seconds": min(times),
+        "all_seconds": times,
+        "peak_bytes": peak_kib * 1024,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_row(key: str, expressions: int, repeats: int) -> dict:
     """Measure one row in a fresh interpreter, so peak RSS belongs to that row alone."""
     name, kwargs = ROWS[key]
-    code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-            f"from encoders import measure; "
-            f"print(json.dumps(measure({name!r}, {kwargs!r}, {expressions}, {repeats})))")
+    code = (
+        f"import json, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+        f"from encoders import measure; "
+        f"print(json.dumps(measure({name!r}, {kwargs!r}, {expressions}, {repeats})))"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -105,16 +111,19 @@ def table(results: dict[str, dict], expressions: int) -> str:
         name, mode = key.split(":")
         grads = 4 * r["params"]
         estimate = grads + max(r["peak_bytes"] - grads, 0) * scale
-        lines.append(f"| `{name}` | {mode} | {r['params'] / 1e6:.1f}M | {r['seconds']:.2f} | "
-                     f"{r['seconds'] * scale:.1f} | {r['peak_bytes'] / 2**30:.2f} GiB | "
-                     f"{estimate / 2**30:.2f} GiB |")
+        lines.append(
+            f"| `{name}` | {mode} | {r['params'] / 1e6:.1f}M | {r['seconds']:.2f} | "
+            f"{r['seconds'] * scale:.1f} | {r['peak_bytes'] / 2**30:.2f} GiB | "
+            f"{estimate / 2**30:.2f} GiB |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--expressions", type=int, default=2,
-                        help="expressions per step (16 = the real batch)")
+    parser.add_argument(
+        "--expressions", type=int, default=2, help="expressions per step (16 = the real batch)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="timed steps per row, after one warm-up step")
     parser.add_argument("--rows", action="append", choices=sorted(ROWS), help="rows to run (default: all)")
     args = parser.parse_args()

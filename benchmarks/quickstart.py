@@ -1,6 +1,6 @@
 """Time the quickstart and break its validation cIoU down by expression type.
 
-    python benchmarks/quickstart.py            # runs `evf fit --config configs/quickstart.yaml`, then evaluates
+    python benchmarks/quickstart.py     # runs `evf fit --config configs/quickstart.yaml`, then evaluates
     python benchmarks/quickstart.py --run-dir runs/quickstart/version_0 --no-train
 
 Prints a Markdown report (wall time, learning curve, per-type cIoU/gIoU of the best checkpoint)
@@ -61,11 +61,16 @@ def per_kind(ckpt: Path) -> dict[str, dict[str, float]]:
                     for key in (kinds[n], "all"):
                         metrics[key].update(p[None] > 0, t[None])
                     n += 1
-    return {k: {name: float(v) for name, v in m.compute().items()} | {"count": int(m.count)} for k, m in metrics.items()}
+    return {
+        k: {name: float(v) for name, v in m.compute().items()} | {"count": int(m.count)}
+        for k, m in metrics.items()
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run-dir", type=Path, help="an existing quickstart run (version_N folder)")
     parser.add_argument("--no-train", action="store_true", help="only evaluate --run-dir")
     args, extra = parser.parse_known_args()

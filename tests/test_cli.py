@@ -25,7 +25,12 @@ TINY_FIT = [
 def test_every_shipped_config_parses_with_the_real_cli(config):
     # Full-size models build on the meta device (no weights allocated); the trainer is put on the
     # CPU so GPU/multi-process configs instantiate here too. Everything else is the shipped file.
-    on_cpu = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.num_nodes=1"]
+    on_cpu = [
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.strategy=auto",
+        "--trainer.num_nodes=1",
+    ]
     with torch.device("meta"):
         cli = EVFCLI(args=["--config", str(config), *on_cpu], run=False)
     assert cli.model.hparams.encoder == cli.datamodule.encoder  # links applied
@@ -39,7 +44,9 @@ def test_misspelt_key_is_a_clear_error(capsys):
 
 
 def test_help_lists_subcommands_and_tools():
-    out = subprocess.run([sys.executable, "-m", "evf.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "evf.cli", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0
     for word in ("fit", "validate", "test", "predict", "extra tools"):
         assert word in out.stdout

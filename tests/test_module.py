@@ -52,5 +52,7 @@ def test_save_load_gives_identical_logits(tmp_path, shapes_batch):
     trainer.save_checkpoint(path)
     loaded = EVFSAMModule.load_from_checkpoint(path).eval()
     with torch.no_grad():
-        for a, b in zip(module._forward_batch(shapes_batch), loaded._forward_batch(shapes_batch), strict=True):
+        for a, b in zip(
+            module._forward_batch(shapes_batch), loaded._forward_batch(shapes_batch), strict=True
+        ):
             assert torch.equal(a, b)

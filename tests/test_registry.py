@@ -35,7 +35,9 @@ def test_entry_point_plugins_are_loaded_on_first_lookup(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     plugin = EntryPoint(name="fake", value="evf_fake_plugin", group="evf.sam_backends")
-    monkeypatch.setattr("evf.registry.entry_points", lambda group: [plugin] if group == "evf.sam_backends" else [])
+    monkeypatch.setattr(
+        "evf.registry.entry_points", lambda group: [plugin] if group == "evf.sam_backends" else []
+    )
     registry = evf.sam_backends.BACKENDS
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     monkeypatch.setattr(registry, "_entries", dict(registry._entries))

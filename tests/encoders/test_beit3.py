@@ -358,6 +358,8 @@ def test_tiny_defaults_to_the_shipped_shapes_tokenizer():
     assert ids[0, 0] == 0 and ids[0, -1] == 2
 
 
-@pytest.mark.parametrize(("fusion", "feature"), [("text", "cls_text"), ("late", "concat"), ("early", "cls_image")])
+@pytest.mark.parametrize(
+    ("fusion", "feature"), [("text", "cls_text"), ("late", "concat"), ("early", "cls_image")]
+)
 def test_feature_defaults_to_the_modes_natural_one(fusion, feature):
     assert create_encoder("beit3_tiny", fusion=fusion).feature == feature

@@ -108,8 +108,9 @@ def test_variant_matches_open_clip_tables(name):
 def test_image_transform_equals_open_clip_eval_transform(size):
     spec = VARIANTS["clip_vit_l14_laion2b"]
     image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-    transform = open_clip.image_transform(224, is_train=False, mean=spec.mean, std=spec.std,
-                                          resize_mode="shortest", interpolation="bicubic")
+    transform = open_clip.image_transform(
+        224, is_train=False, mean=spec.mean, std=spec.std, resize_mode="shortest", interpolation="bicubic"
+    )
     ours = build_preprocessor("clip_vit_l14_laion2b").transform_image(image)
     torch.testing.assert_close(ours, transform(Image.fromarray(image)), atol=1e-5, rtol=0)
 

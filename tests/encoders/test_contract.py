@@ -29,8 +29,11 @@ TEXTS = ["the red circle", "the small blue square on the left", "circle", "the b
 
 
 def _cases(pattern: str) -> list:
-    return [pytest.param(name, mode, id=f"{name}-{mode}")
-            for name in evf.list_encoders(pattern) for mode in MODES[ENCODERS.info(name).family]]
+    return [
+        pytest.param(name, mode, id=f"{name}-{mode}")
+        for name in evf.list_encoders(pattern)
+        for mode in MODES[ENCODERS.info(name).family]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +82,12 @@ def test_expressions_do_not_depend_on_their_batch(name, mode, batches):
         together = encoder(pixels, ids, mask, index)
         for n in range(len(TEXTS)):
             length = int(mask[n].sum())
-            alone = encoder(pixels[index[n : n + 1]], ids[n : n + 1, :length], mask[n : n + 1, :length],
-                            torch.zeros(1, dtype=torch.long))
+            alone = encoder(
+                pixels[index[n : n + 1]],
+                ids[n : n + 1, :length],
+                mask[n : n + 1, :length],
+                torch.zeros(1, dtype=torch.long),
+            )
             torch.testing.assert_close(together[n : n + 1], alone, atol=1e-4, rtol=1e-4)
 
 

@@ -129,8 +129,10 @@ def test_unknown_key_and_other_architecture_are_named(reference, tmp_path):
 def test_full_size_counts_equal_vilt_model():
     with torch.device("meta"):
         ref = ViltModel(ViltConfig())
-        counts = {f: sum(p.numel() for p in evf.create_encoder("vilt_b32", fusion=f).parameters())
-                  for f in ("text", "late", "early")}
+        counts = {
+            f: sum(p.numel() for p in evf.create_encoder("vilt_b32", fusion=f).parameters())
+            for f in ("text", "late", "early")
+        }
     total = sum(p.numel() for p in ref.parameters())
     embeddings = ref.embeddings.named_parameters()
     image = sum(p.numel() for n, p in embeddings if n.partition(".")[0] in IMAGE_EMBEDDINGS)

@@ -21,7 +21,9 @@ def test_points_only_matches_sam_predictor(size):
 
     predictor = SamPredictor(backend.sam)
     predictor.set_image(image)
-    ref_logits, ref_iou, ref_low = predictor.predict(coords, labels, multimask_output=False, return_logits=True)
+    ref_logits, ref_iou, ref_low = predictor.predict(
+        coords, labels, multimask_output=False, return_logits=True
+    )
 
     with torch.no_grad():
         features = backend.encode_image(backend.info.image(image)[None])

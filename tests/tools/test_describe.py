@@ -14,7 +14,7 @@ BASE = ROOT / "configs/evf_sam_h_beit3_l.yaml"
 
 def _row(out: str, label: str) -> list[int]:
     line = next(line for line in out.splitlines() if line.startswith(label))
-    return [int(cell.replace(",", "")) for cell in line[len(label):].split()[:3]]
+    return [int(cell.replace(",", "")) for cell in line[len(label) :].split()[:3]]
 
 
 def test_describe_prints_the_parts_of_the_paper_model(capsys):
