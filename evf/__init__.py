@@ -1,10 +1,10 @@
 """EVF: train, evaluate, ablate and run text-prompted Segment Anything models (EVF-SAM).
 
-    import evf
-    model = evf.create_model(encoder="beit3_tiny", backend="sam_tiny")
-    result = model.predict(image, ["the red circle"])   # result.logits, result.masks
-    model = evf.load_pretrained("checkpoints/evf-sam2")  # a released EVF-SAM checkpoint directory
-    report = evf.predict_images(model, "photos/", ["the dog"], output="masks")  # files, folders, manifest
+import evf
+model = evf.create_model(encoder="beit3_tiny", backend="sam_tiny")
+result = model.predict(image, ["the red circle"])   # result.logits, result.masks
+model = evf.load_pretrained("checkpoints/evf-sam2")  # a released EVF-SAM checkpoint directory
+report = evf.predict_images(model, "photos/", ["the dog"], output="masks")  # files, folders, manifest
 """
 
 from evf.encoders import create_encoder, list_encoders

@@ -99,7 +99,9 @@ def prefix_rules(rules: Iterable[Rule], source: str = "", target: str = "") -> t
     )
 
 
-def read_state_dict(path: str | Path, containers: Iterable[str] = ("model", "state_dict", "module")) -> StateDict:
+def read_state_dict(
+    path: str | Path, containers: Iterable[str] = ("model", "state_dict", "module")
+) -> StateDict:
     """Read a ``.safetensors`` file or a torch file with ``weights_only=True`` (no pickle code runs),
     then unwrap the first container key present and strip a DDP ``module.`` prefix."""
     path = Path(path)
@@ -113,7 +115,9 @@ def read_state_dict(path: str | Path, containers: Iterable[str] = ("model", "sta
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # corrupt file or one that needs arbitrary pickle code
-            raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint: {err}") from err
+            raise CheckpointError(
+                f"{path}: cannot be read as a weights-only torch checkpoint: {err}"
+            ) from err
     for key in containers:
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]
@@ -131,7 +135,9 @@ def load_checkpoint(module: nn.Module, path: str | Path, fmt: CheckpointFormat) 
     load_strict(module, state, fmt, source=str(path))
 
 
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], fmt: CheckpointFormat, source: str) -> None:
+def load_strict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], fmt: CheckpointFormat, source: str
+) -> None:
     """Strict load with the format's allow-list of missing keys; errors name the keys."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
@@ -155,7 +161,12 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], fmt: Check
     for key in missing:  # only allow-listed keys remain: they keep their initialised values
         full[key] = own[key]
     if missing:
-        log.info("%s: %d allow-listed key(s) absent, kept as initialised: %s", source, len(missing), _first(missing))
+        log.info(
+            "%s: %d allow-listed key(s) absent, kept as initialised: %s",
+            source,
+            len(missing),
+            _first(missing),
+        )
     module.load_state_dict(full, strict=True)
 
 

@@ -6,7 +6,9 @@ import torch
 from torchmetrics import Metric
 
 
-def mask_iou_stats(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mask_iou_stats(
+    pred: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``[n,H,W]`` bool masks -> per-mask intersection, union and IoU (empty vs empty = 1.0)."""
     pred, target = pred.flatten(1).bool(), target.flatten(1).bool()
     inter = (pred & target).sum(1).double()
@@ -42,5 +44,7 @@ class ReferringIoU(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         ciou = self.intersection / self.union if self.union > 0 else torch.tensor(1.0, dtype=torch.float64)
-        giou = self.iou_sum / self.count if self.count > 0 else torch.tensor(float("nan"), dtype=torch.float64)
+        giou = (
+            self.iou_sum / self.count if self.count > 0 else torch.tensor(float("nan"), dtype=torch.float64)
+        )
         return {"ciou": ciou.float(), "giou": giou.float()}

@@ -42,8 +42,7 @@ class Registry(Generic[T, M]):
             if name in self._entries:
                 other = self._entries[name].factory
                 raise ValueError(
-                    f"{self.kind} {name!r} is already registered by "
-                    f"{other.__module__}.{other.__qualname__}"
+                    f"{self.kind} {name!r} is already registered by {other.__module__}.{other.__qualname__}"
                 )
             self._entries[name] = Entry(name, factory, info)
             return factory

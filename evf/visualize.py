@@ -10,7 +10,9 @@ PRED_COLOUR = np.array([50, 120, 220], dtype=np.float32)  # blue: prediction
 TRUE_COLOUR = np.array([240, 200, 40], dtype=np.uint8)  # yellow: ground-truth outline
 
 
-def denormalise(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], scale: float) -> np.ndarray:
+def denormalise(
+    pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], scale: float
+) -> np.ndarray:
     """``[3,S,S]`` normalised tensor -> uint8 ``[S,S,3]``."""
     m = torch.tensor(mean).view(3, 1, 1) * (255.0 / scale)
     s = torch.tensor(std).view(3, 1, 1) * (255.0 / scale)

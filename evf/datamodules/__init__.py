@@ -11,12 +11,11 @@ RefCOCOg, RefCLEF), `GRefCOCODataset`, `ADE20KDataset`, `MapillaryDataset`, `Obj
 any of them, described by `DatasetSpec` (catalog.py), with sampling rates and a resumable sampler.
 """
 
-from evf.datamodules.base import BatchBuilder, EpochSampler, EVFDataModule, EVFDataset
+from evf.datamodules.base import BatchBuilder, EpochSampler, EVFDataModule, EVFDataset, ResumableDataLoader
 from evf.datamodules.catalog import DatasetSpec, build_dataset
 from evf.datamodules.common import DataError, FileDataset
 from evf.datamodules.grefcoco import GRefCOCODataset
 from evf.datamodules.humanparsing import HumanParsingDataset
-from evf.datamodules.base import ResumableDataLoader
 from evf.datamodules.mixture import MixtureDataModule, MixtureDataset, MixtureSampler
 from evf.datamodules.objects365 import Objects365Dataset
 from evf.datamodules.parts import PartImageNetDataset, PascalPartDataset

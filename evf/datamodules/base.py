@@ -141,7 +141,8 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict) -> None:
         if state["sampler"] != self.sampler.signature():
             log.warning(
-                "the checkpoint's data order %s differs from this one %s: epoch %d restarts from its first draw",
+                "the checkpoint's data order %s differs from this one %s: "
+                "epoch %d restarts from its first draw",
                 state["sampler"], self.sampler.signature(), state["epoch"],
             )  # fmt: skip
             self.sampler.resume(state["epoch"], 0)
@@ -290,7 +291,9 @@ class EVFDataModule(L.LightningDataModule, ABC):
 
     def resumable_loader(self, dataset: EVFDataset, sampler: Sampler) -> ResumableDataLoader:
         """The training loader over ``sampler``, resumable mid-epoch from a checkpoint."""
-        return ResumableDataLoader(dataset, sampler, self._batches_done, **self._loader_kwargs(self.batch_size, True))
+        return ResumableDataLoader(
+            dataset, sampler, self._batches_done, **self._loader_kwargs(self.batch_size, True)
+        )
 
     def _batches_done(self) -> int:
         """Training batches of the current epoch the trainer has finished (restored on resume)."""

@@ -29,7 +29,9 @@ class Sample:
 
     def __post_init__(self) -> None:
         n = len(self.texts)
-        if self.masks is not None and (self.masks.ndim != 3 or self.masks.shape[0] != n or self.masks.shape[1:] != self.image.shape[:2]):
+        if self.masks is not None and (
+            self.masks.ndim != 3 or self.masks.shape[0] != n or self.masks.shape[1:] != self.image.shape[:2]
+        ):
             raise ValueError(
                 f"sample {self.image_id}: masks {self.masks.shape} do not match {n} expression(s) "
                 f"on an image of size {self.image.shape[:2]}"

@@ -8,10 +8,12 @@ Third-party encoders register through the ``evf.encoders`` entry-point group.
 
 from pathlib import Path
 
+from evf.encoders import (
+    beit3,  # noqa: F401  (registers the BEIT-3 family)
+    clip,  # noqa: F401  (registers the CLIP family)
+    vilt,  # noqa: F401  (registers the ViLT family)
+)
 from evf.encoders.base import ENCODERS, EncoderInfo, EncoderPreprocessor, MultimodalEncoder, Tokenizer
-from evf.encoders import beit3  # noqa: E402,F401  (registers the BEIT-3 family)
-from evf.encoders import clip  # noqa: E402,F401  (registers the CLIP family)
-from evf.encoders import vilt  # noqa: E402,F401  (registers the ViLT family)
 
 
 def create_encoder(name: str, **kwargs) -> MultimodalEncoder:

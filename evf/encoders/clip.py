@@ -57,8 +57,9 @@ class CLIPEncoder(MultimodalEncoder):
         fusion: ``text`` (text tower only) or ``late`` (both towers, embeddings concatenated).
     """
 
-    def __init__(self, config: dict[str, Any], preprocessor: EncoderPreprocessor,
-                 fusion: Fusion = "text") -> None:
+    def __init__(
+        self, config: dict[str, Any], preprocessor: EncoderPreprocessor, fusion: Fusion = "text"
+    ) -> None:
         super().__init__()
         from open_clip.model import _build_text_tower, _build_vision_tower  # deferred: slow import
 
@@ -75,8 +76,13 @@ class CLIPEncoder(MultimodalEncoder):
         self.visual = _build_vision_tower(embed_dim, config["vision_cfg"], quick_gelu) if late else None
         self.feature_dim = embed_dim * (2 if late else 1)
 
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                image_index: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor,
+    ) -> torch.Tensor:
         """``[B,3,E,E]``, ``[N,L]``, ``[N,L]``, ``[N]`` -> ``[N, feature_dim]``.
 
         ``attention_mask`` is not read: CLIP's text tower is causal and pools the ``<end_of_text>``
@@ -121,8 +127,9 @@ class CLIPTokenizer:
             return {"input_ids": empty, "attention_mask": empty.clone()}
         truncated = sum(len(self._tokenizer.encode(t)) + 2 > self.max_length for t in texts)
         if truncated:
-            log.warning("truncated %d of %d expression(s) to %d tokens", truncated, len(texts),
-                        self.max_length)
+            log.warning(
+                "truncated %d of %d expression(s) to %d tokens", truncated, len(texts), self.max_length
+            )
         ids = self._tokenizer(texts, context_length=self.max_length)
         end = ids.argmax(dim=1)
         length = int(end.max()) + 1
@@ -199,8 +206,10 @@ def build_clip_tokenizer(path: str | Path | None, variant: str) -> CLIPTokenizer
     """open_clip's tokenizer for ``variant``; CLIP's BPE vocabulary ships with open_clip, so ``path``
     must be None."""
     if path is not None:
-        raise ValueError(f"{variant} uses the BPE vocabulary bundled with open_clip: set `tokenizer` to "
-                         f"null, not {str(path)!r}")
+        raise ValueError(
+            f"{variant} uses the BPE vocabulary bundled with open_clip: set `tokenizer` to "
+            f"null, not {str(path)!r}"
+        )
     import open_clip
 
     spec = VARIANTS[variant]
@@ -212,14 +221,26 @@ def build_clip_tokenizer(path: str | Path | None, variant: str) -> CLIPTokenizer
 
 def _info(variant: str) -> EncoderInfo:
     spec = VARIANTS[variant]
-    image = ImageSpec(spec.image_size, spec.mean, spec.std, resize="shortest_side_center_crop",
-                      interpolation="bicubic", resampler="pil")
+    image = ImageSpec(
+        spec.image_size,
+        spec.mean,
+        spec.std,
+        resize="shortest_side_center_crop",
+        interpolation="bicubic",
+        resampler="pil",
+    )
     tokenizer = partial(build_clip_tokenizer, variant=variant)
     return EncoderInfo(family="clip", image=image, build_tokenizer=tokenizer)
 
 
-def _create_clip(variant: str, *, tokenizer: str | Path | None = None, checkpoint: str | Path | None = None,
-                 fusion: Fusion = "text", **overrides: Any) -> CLIPEncoder:
+def _create_clip(
+    variant: str,
+    *,
+    tokenizer: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    fusion: Fusion = "text",
+    **overrides: Any,
+) -> CLIPEncoder:
     """Build a variant, optionally loading an open_clip state dict from ``checkpoint``.
 
     Args:
@@ -232,8 +253,10 @@ def _create_clip(variant: str, *, tokenizer: str | Path | None = None, checkpoin
     """
     unknown = sorted(set(overrides) - _CONFIG_KEYS)
     if unknown:
-        raise TypeError(f"{variant}: unknown argument(s) {', '.join(unknown)}; "
-                        f"overridable: {', '.join(sorted(_CONFIG_KEYS))}")
+        raise TypeError(
+            f"{variant}: unknown argument(s) {', '.join(unknown)}; "
+            f"overridable: {', '.join(sorted(_CONFIG_KEYS))}"
+        )
     config = dict(VARIANTS[variant].model_config())
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if key in ("vision_cfg", "text_cfg") else value

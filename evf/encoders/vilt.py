@@ -79,13 +79,22 @@ class ViltEncoder(MultimodalEncoder):
                 delattr(self.vilt.embeddings, name)
         self.feature_dim = config.hidden_size * (2 if fusion == "late" else 1)
 
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                image_index: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor,
+    ) -> torch.Tensor:
         """``[B,3,E,E]``, ``[N,L]``, ``[N,L]``, ``[N]`` -> ``[N, feature_dim]``."""
         if self.fusion == "early":
             images = pixels[image_index]
-            return self.vilt(input_ids=input_ids, attention_mask=attention_mask, pixel_values=images,
-                             pixel_mask=_full_mask(images)).pooler_output
+            return self.vilt(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                pixel_values=images,
+                pixel_mask=_full_mask(images),
+            ).pooler_output
         text = self.encode_text(input_ids, attention_mask)
         if self.fusion == "text":
             return text
@@ -95,16 +104,24 @@ class ViltEncoder(MultimodalEncoder):
         """Text-only pass: ``[N,L]`` ids and mask -> pooled text ``[CLS]`` ``[N,D]``."""
         n, dim = input_ids.shape[0], self.vilt.config.hidden_size
         no_image = self.vilt.embeddings.token_type_embeddings.weight.new_zeros(n, 0, dim)
-        return self.vilt(input_ids=input_ids, attention_mask=attention_mask, image_embeds=no_image,
-                         pixel_mask=attention_mask.new_zeros(n, 0)).pooler_output
+        return self.vilt(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            image_embeds=no_image,
+            pixel_mask=attention_mask.new_zeros(n, 0),
+        ).pooler_output
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Image-only pass: ``[B,3,E,E]`` -> pooled image ``[CLS]`` ``[B,D]``."""
         b, dim = pixels.shape[0], self.vilt.config.hidden_size
         no_text = pixels.new_zeros(b, 0, dim)
         no_text_mask = torch.zeros(b, 0, dtype=torch.long, device=pixels.device)
-        return self.vilt(inputs_embeds=no_text, attention_mask=no_text_mask, pixel_values=pixels,
-                         pixel_mask=_full_mask(pixels)).pooler_output
+        return self.vilt(
+            inputs_embeds=no_text,
+            attention_mask=no_text_mask,
+            pixel_values=pixels,
+            pixel_mask=_full_mask(pixels),
+        ).pooler_output
 
 
 def _full_mask(pixels: torch.Tensor) -> torch.Tensor:
@@ -131,10 +148,12 @@ class ViltTokenizer:
         texts = list(texts)
         truncated = sum(len(ids) > self.max_length for ids in self._hf(texts)["input_ids"])
         if truncated:
-            log.warning("truncated %d of %d expression(s) to %d tokens", truncated, len(texts),
-                        self.max_length)
-        enc = self._hf(texts, padding="longest", truncation=True, max_length=self.max_length,
-                       return_tensors="pt")
+            log.warning(
+                "truncated %d of %d expression(s) to %d tokens", truncated, len(texts), self.max_length
+            )
+        enc = self._hf(
+            texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
@@ -146,8 +165,10 @@ def build_vilt_tokenizer(path: str | Path | None, max_length: int = 40) -> ViltT
         FileNotFoundError: ``path`` is not a directory.
     """
     if path is None:
-        raise ValueError("ViLT needs its BERT tokenizer: set the encoder's `tokenizer` argument (config key "
-                         "`tokenizer`) to a ViLT directory, e.g. a saved dandelin/vilt-b32-mlm")
+        raise ValueError(
+            "ViLT needs its BERT tokenizer: set the encoder's `tokenizer` argument (config key "
+            "`tokenizer`) to a ViLT directory, e.g. a saved dandelin/vilt-b32-mlm"
+        )
     if not Path(path).is_dir():
         raise FileNotFoundError(f"ViLT tokenizer directory not found: {path}")
     from transformers import BertTokenizer  # deferred: importing transformers takes seconds
@@ -163,17 +184,33 @@ def transformers_vilt_format(fusion: Fusion) -> CheckpointFormat:
     """
     vilt = r"(?:vilt\.)?"
     rules = [
-        Rule(r"mlm_score\..+", None, "masked-language-modelling head of ViltForMaskedLM (pretraining; its "
-             "decoder weight is a copy of the word embeddings); EVF predicts no tokens"),
-        Rule(r"(classifier|rank_output)\..+", None, "task head of a fine-tuned ViltFor* model (VQA / NLVR2 "
-             "classifier, retrieval score); EVF reads the pooled feature instead"),
-        Rule(rf"{vilt}embeddings\.text_embeddings\.position_ids", None, "index buffer 0..39 that "
-             "transformers < 4.31 saved (dandelin's 2021 files); rebuilt at init"),
+        Rule(
+            r"mlm_score\..+",
+            None,
+            "masked-language-modelling head of ViltForMaskedLM (pretraining; its "
+            "decoder weight is a copy of the word embeddings); EVF predicts no tokens",
+        ),
+        Rule(
+            r"(classifier|rank_output)\..+",
+            None,
+            "task head of a fine-tuned ViltFor* model (VQA / NLVR2 "
+            "classifier, retrieval score); EVF reads the pooled feature instead",
+        ),
+        Rule(
+            rf"{vilt}embeddings\.text_embeddings\.position_ids",
+            None,
+            "index buffer 0..39 that transformers < 4.31 saved (dandelin's 2021 files); rebuilt at init",
+        ),
     ]
     if fusion == "text":
         image = r"embeddings\.(cls_token|position_embeddings|patch_embeddings\..+)"
-        rules.append(Rule(rf"{vilt}{image}", None, "image embeddings: fusion='text' reads no image and does "
-                          "not build them"))
+        rules.append(
+            Rule(
+                rf"{vilt}{image}",
+                None,
+                "image embeddings: fusion='text' reads no image and does not build them",
+            )
+        )
     rules.append(Rule(rf"{vilt}((embeddings|encoder|layernorm|pooler)\..+)", r"vilt.\1"))
     return CheckpointFormat(name="transformers_vilt", rules=tuple(rules), containers=())
 
@@ -195,12 +232,16 @@ def load_vilt_directory(encoder: ViltEncoder, directory: str | Path) -> None:
     """
     directory = Path(directory)
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"ViLT checkpoint must be a transformers directory with config.json: "
-                                f"{directory}")
+        raise FileNotFoundError(
+            f"ViLT checkpoint must be a transformers directory with config.json: {directory}"
+        )
     saved = json.loads((directory / "config.json").read_text())
     ours = encoder.vilt.config.to_dict()
-    differ = [f"{k}={saved[k]!r} (variant: {ours[k]!r})"
-              for k in ARCHITECTURE_FIELDS if k in saved and saved[k] != ours[k]]
+    differ = [
+        f"{k}={saved[k]!r} (variant: {ours[k]!r})"
+        for k in ARCHITECTURE_FIELDS
+        if k in saved and saved[k] != ours[k]
+    ]
     if differ:
         raise CheckpointError(f"{directory}: config.json does not match the variant: {', '.join(differ)}")
     weights = [directory / name for name in WEIGHT_FILES if (directory / name).is_file()]
@@ -210,10 +251,26 @@ def load_vilt_directory(encoder: ViltEncoder, directory: str | Path) -> None:
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "vilt_b32": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                     intermediate_size=3072, image_size=384, patch_size=32, max_position_embeddings=40),
-    "vilt_tiny": dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=64, image_size=32, patch_size=8, max_position_embeddings=40),
+    "vilt_b32": dict(
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        image_size=384,
+        patch_size=32,
+        max_position_embeddings=40,
+    ),
+    "vilt_tiny": dict(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        max_position_embeddings=40,
+    ),
 }
 """``ViltConfig`` fields of each variant (the rest keep ``ViltConfig``'s defaults, which are
 dandelin/vilt-b32-mlm's); any field can be overridden at creation."""
@@ -221,14 +278,21 @@ dandelin/vilt-b32-mlm's); any field can be overridden at creation."""
 
 def _info(variant: str) -> EncoderInfo:
     config = VARIANTS[variant]
-    image = ImageSpec(config["image_size"], HALF_MEAN, HALF_STD, resize="square", interpolation="bicubic",
-                      resampler="torch")
+    image = ImageSpec(
+        config["image_size"], HALF_MEAN, HALF_STD, resize="square", interpolation="bicubic", resampler="torch"
+    )
     tokenizer = partial(build_vilt_tokenizer, max_length=config["max_position_embeddings"])
     return EncoderInfo(family="vilt", image=image, build_tokenizer=tokenizer)
 
 
-def _create_vilt(variant: str, *, tokenizer: str | Path | None = None, checkpoint: str | Path | None = None,
-                 fusion: Fusion = "early", **overrides: Any) -> ViltEncoder:
+def _create_vilt(
+    variant: str,
+    *,
+    tokenizer: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    fusion: Fusion = "early",
+    **overrides: Any,
+) -> ViltEncoder:
     """Build a variant, optionally loading a transformers ViLT directory.
 
     Args:
@@ -242,8 +306,9 @@ def _create_vilt(variant: str, *, tokenizer: str | Path | None = None, checkpoin
 
     unknown = sorted(set(overrides) - set(ViltConfig().to_dict()))
     if unknown:
-        raise TypeError(f"{variant}: unknown argument(s) {', '.join(unknown)}; overridable: ViltConfig's "
-                        "fields")
+        raise TypeError(
+            f"{variant}: unknown argument(s) {', '.join(unknown)}; overridable: ViltConfig's fields"
+        )
     config = ViltConfig(**{**VARIANTS[variant], **overrides})
     encoder = ViltEncoder(config, EncoderPreprocessor(ENCODERS.info(variant), tokenizer), fusion=fusion)
     if checkpoint is not None:
@@ -263,5 +328,11 @@ def vilt_tiny(**kwargs: Any) -> ViltEncoder:
     return _create_vilt("vilt_tiny", **kwargs)
 
 
-__all__ = ["VARIANTS", "ViltEncoder", "ViltTokenizer", "build_vilt_tokenizer", "load_vilt_directory",
-           "transformers_vilt_format"]
+__all__ = [
+    "VARIANTS",
+    "ViltEncoder",
+    "ViltTokenizer",
+    "build_vilt_tokenizer",
+    "load_vilt_directory",
+    "transformers_vilt_format",
+]

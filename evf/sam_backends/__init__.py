@@ -5,6 +5,11 @@
 """
 
 from evf.preprocessing import ImageSpec
+from evf.sam_backends import (
+    efficient_sam,  # noqa: F401  (registers EfficientSAM)
+    sam,  # noqa: F401  (registers the SAM family)
+    sam2,  # noqa: F401  (registers the SAM 2 / 2.1 family)
+)
 from evf.sam_backends.base import (
     BACKENDS,
     BackendInfo,
@@ -13,9 +18,6 @@ from evf.sam_backends.base import (
     PointPrompts,
     SamBackend,
 )
-from evf.sam_backends import sam  # noqa: E402,F401  (registers the SAM family)
-from evf.sam_backends import sam2  # noqa: E402,F401  (registers the SAM 2 / 2.1 family)
-from evf.sam_backends import efficient_sam  # noqa: E402,F401  (registers EfficientSAM)
 
 
 def create_backend(name: str, **kwargs) -> SamBackend:
