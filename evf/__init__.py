@@ -5,6 +5,8 @@ model = evf.create_model(encoder="beit3_tiny", backend="sam_tiny")
 result = model.predict(image, ["the red circle"])   # result.logits, result.masks
 model = evf.load_pretrained("checkpoints/evf-sam2")  # a released EVF-SAM checkpoint directory
 report = evf.predict_images(model, "photos/", ["the dog"], output="masks")  # files, folders, manifest
+prompts = [evf.Prompt("the dog", box=(10, 20, 200, 180)), evf.Prompt(points=((50, 60),))]
+mixed = evf.predict_prompts(model, image, prompts)  # text, points, boxes, or a mix per prompt
 """
 
 from evf.encoders import create_encoder, list_encoders
@@ -27,9 +29,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``evf.predict_images`` (`evf.prediction`) loads Lightning's data utilities: import it on first use."""
-    if name == "predict_images":
-        from evf.prediction import predict_images
+    """``evf.predict_images`` / ``predict_prompts`` / ``Prompt`` load Lightning's data utilities:
+    imported on first use."""
+    if name in ("predict_images", "predict_prompts"):
+        from evf import prediction
 
-        return predict_images
+        return getattr(prediction, name)
+    if name == "Prompt":
+        from evf.datamodules.predict import Prompt
+
+        return Prompt
     raise AttributeError(f"module 'evf' has no attribute {name!r}")

@@ -14,7 +14,7 @@ import evf
 from evf.cli import main
 from evf.datamodules.predict import Prompt, collect_inputs, read_manifest
 from evf.module import EVFSAMModule
-from evf.prediction import predict_images, predict_prompts
+from evf.prediction import predict_images
 
 PROMPTS = ["the red circle", "the blue square on the left"]
 CPU = ["--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
@@ -189,7 +189,8 @@ def test_mixed_prompts_equal_their_separate_predictions_with_one_image_encoder_p
     ]
     passes = []
     model.backend.image_encoder.register_forward_hook(lambda m, args, out: passes.append(1))
-    mixed = predict_prompts(model, image, prompts)
+    mixed = evf.predict_prompts(model, image, prompts)
+    assert evf.Prompt is Prompt
     assert len(passes) == 1
     alone = [
         model.predict(image, None, points=[np.array([[10, 20], [40, 30]])], point_labels=[np.array([1, 0])]),
