@@ -7,6 +7,7 @@ expressions of all images in a batch decode in one mask-decoder call.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,7 +166,8 @@ class EVFSAM(nn.Module):
             prompts: referring expressions, or None for point/box prompts alone.
             threshold: logit threshold of the masks.
             dtype: compute dtype under ``torch.autocast`` (e.g. ``torch.bfloat16``), weights unchanged;
-                None computes in the weights' own dtype (``model.to(torch.bfloat16)`` runs all-bf16).
+                None adds no autocast: the weights' own dtype (``model.to(torch.bfloat16)`` runs
+                all-bf16), or an enclosing autocast such as Lightning's ``bf16-mixed``, decides.
                 Logits are returned as float32 either way.
             points: per prompt, ``[K_i,2]`` (x, y) points in original-image pixels, beside or
                 instead of the text. Ragged lists are padded with SAM's "not a point" token (label
@@ -190,7 +192,7 @@ class EVFSAM(nn.Module):
         if boxes is not None:
             corners = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).view(n, 2, 2)
             box_tensor = self.backend.transform_coords(corners, size).view(n, 4).to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast_to(device, dtype):
             features = self.image_features(image) if image_features is None else image_features
             text = None
             if prompts is not None:
@@ -214,6 +216,12 @@ class EVFSAM(nn.Module):
         return self.encode_images(
             pixels.to(next(self.backend.parameters()).device, next(self.backend.parameters()).dtype)
         )
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype``, or no context at all for None (an enclosing autocast stays on;
+    ``autocast(enabled=False)`` would switch it off)."""
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _prompt_count(prompts: Sequence[str] | None, points, boxes) -> int:

@@ -12,11 +12,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder_record, restore_image_encoder
-from evf.datamodules.predict import Prompt
 from evf.losses import mask_losses
 from evf.metrics import ReferringIoU
 from evf.model import EVFSAM, TrainableParts, create_model
-from evf.prediction import predict_prompts
+from evf.prediction import batch_prompts, predict_batch
 from evf.pretrained import ReleaseConfig, load_release_weights
 from evf.results import write_results
 from evf.visualize import attention_grid, images_from_pixels, overlay_grid
@@ -206,32 +205,12 @@ class EVFSAMModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         """One record per image: its `Prompt` s, logits ``[n,H,W]``, boolean masks and predicted IoUs
-        (none for a batch whose every image failed to load: `PromptedImages` reports those). Text
-        prompts decode batched; a batch with points or boxes decodes image by image."""
+        (none for a batch whose every image failed to load: `PromptedImages` reports those)."""
         if not batch["image_ids"]:
             return []
-        prompts = batch.get("prompts") or [
-            tuple(
-                Prompt(t)
-                for t, j in zip(batch["texts"], batch["image_index"].tolist(), strict=True)
-                if j == i
-            )
-            for i in range(len(batch["image_ids"]))
-        ]
-        if not all(p.text_only for image_prompts in prompts for p in image_prompts):
-            # points / boxes are in original-image pixels: each image through EVFSAM.predict
-            results = [
-                predict_prompts(self.model, img, ps) for img, ps in zip(batch["images"], prompts, strict=True)
-            ]
-            return [
-                {"prompts": ps, "logits": r.logits, "masks": r.masks, "scores": r.scores}
-                for ps, r in zip(prompts, results, strict=True)
-            ]
-        logits, iou = self._decode(batch)
-        index = batch["image_index"]
         return [
-            {"prompts": prompts[i], "logits": lg.float(), "masks": lg > 0, "scores": iou[index == i].float()}
-            for i, lg in enumerate(logits)
+            {"prompts": prompts, "logits": r.logits, "masks": r.masks, "scores": r.scores}
+            for prompts, r in zip(batch_prompts(batch), predict_batch(self.model, batch), strict=True)
         ]
 
     # ---- metrics: one ReferringIoU per named split -------------------------------------------

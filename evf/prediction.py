@@ -28,7 +28,8 @@ from pycocotools import mask as mask_utils
 
 from evf.datamodules.base import BatchBuilder
 from evf.datamodules.predict import Prompt, collect_inputs, predict_loader
-from evf.model import EVFSAM, Prediction
+from evf.model import EVFSAM, Prediction, autocast_to
+from evf.sam_backends import ImageFeatures
 from evf.visualize import overlay
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,6 @@ def predict_images(
     builder = BatchBuilder(model.encoder.preprocessor, model.backend.info.image, keep_images=True)
     writer = PredictionWriter(None if output is None else Path(output))
     writer.start()
-    device = next(model.parameters()).device
     batches = predict_loader(items, builder, batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -182,17 +182,28 @@ def predict_images(
     for batch in batches:
         for failure in batch["failures"]:
             writer.fail(failure)
-        if batch["image_ids"]:
-            _predict_batch(model, batch, writer, device, dtype, threshold)
+        if not batch["image_ids"]:
+            continue
+        results = predict_batch(model, batch, threshold, dtype)
+        for image, image_id, prompts, result in zip(
+            batch["images"], batch["image_ids"], batch["prompts"], results, strict=True
+        ):
+            writer.add(image, image_id, prompts, result.masks, result.scores)
     writer.finish()
     return PredictionReport(writer.records, writer.failures)
 
 
 @torch.no_grad()
 def predict_prompts(
-    model: EVFSAM, image: np.ndarray, prompts: Sequence[Prompt], threshold: float = 0.0, dtype=None
+    model: EVFSAM,
+    image: np.ndarray,
+    prompts: Sequence[Prompt],
+    threshold: float = 0.0,
+    dtype: torch.dtype | None = None,
+    image_features: ImageFeatures | None = None,
 ) -> Prediction:
-    """`EVFSAM.predict` for `Prompt` s that mix texts, points and boxes, image encoder run once.
+    """`EVFSAM.predict` for `Prompt` s that mix texts, points and boxes, image encoder run once
+    (not at all when ``image_features`` of this image are given).
 
     Prompts decode in groups of the same kind (with or without text, with or without a box), so
     each gets exactly the decoder tokens it would get alone, except that ragged point lists within
@@ -201,58 +212,84 @@ def predict_prompts(
     groups: dict[tuple[bool, bool], list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault((p.text is not None, p.box is not None), []).append(i)
-    device = next(model.parameters()).device
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        features = model.image_features(image)
+    if image_features is None:
+        with autocast_to(next(model.parameters()).device, dtype):
+            image_features = model.image_features(image)
     parts = []
     for (has_text, has_box), rows in groups.items():
         chosen = [prompts[i] for i in rows]
-        with_points = any(p.points for p in chosen)
+        points = [np.asarray(p.points, dtype=np.float32).reshape(-1, 2) for p in chosen]
+        with_points = any(len(p) for p in points)
         parts.append(
             model.predict(
                 image,
                 [p.text for p in chosen] if has_text else None,
                 threshold=threshold,
                 dtype=dtype,
-                points=[np.asarray(p.points, dtype=np.float32).reshape(-1, 2) for p in chosen]
-                if with_points
-                else None,
+                points=points if with_points else None,
                 point_labels=[np.asarray(p.point_labels) for p in chosen] if with_points else None,
                 boxes=np.asarray([p.box for p in chosen], dtype=np.float32) if has_box else None,
-                image_features=features,
+                image_features=image_features,
             )
         )
     order = torch.as_tensor([i for rows in groups.values() for i in rows]).argsort()
     logits = torch.cat([part.logits for part in parts])[order]
-    return Prediction(
-        logits=logits, masks=logits > threshold, scores=torch.cat([p.scores for p in parts])[order]
-    )
+    scores = torch.cat([part.scores for part in parts])[order]
+    return Prediction(logits=logits, masks=logits > threshold, scores=scores)
 
 
-def _predict_batch(
-    model: EVFSAM, batch: dict, writer: PredictionWriter, device, dtype, threshold: float
-) -> None:
-    if not all(p.text_only for prompts in batch["prompts"] for p in prompts):
-        for image, image_id, prompts in zip(
-            batch["images"], batch["image_ids"], batch["prompts"], strict=True
-        ):
-            result = predict_prompts(model, image, prompts, threshold, dtype)
-            writer.add(image, image_id, prompts, result.masks, result.scores)
-        return
-    index = batch["image_index"].to(device)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+def batch_prompts(batch: dict) -> list[tuple[Prompt, ...]]:
+    """Per image, its `Prompt` s: ``batch["prompts"]`` (prediction batches), or its texts (any
+    other batch of the contract)."""
+    if "prompts" in batch:
+        return batch["prompts"]
+    index = batch["image_index"].tolist()
+    return [
+        tuple(Prompt(t) for t, j in zip(batch["texts"], index, strict=True) if j == i)
+        for i in range(len(batch["image_ids"]))
+    ]
+
+
+@torch.no_grad()
+def predict_batch(
+    model: EVFSAM, batch: dict, threshold: float = 0.0, dtype: torch.dtype | None = None
+) -> list[Prediction]:
+    """One `Prediction` per image of a batch (`evf predict` and `predict_images`).
+
+    The image encoder runs once over the batch's ``sam_pixels`` (or cached ``image_features`` are
+    used). Text prompts decode in one call for the whole batch; a batch with points or boxes
+    decodes image by image through `predict_prompts` on those same features.
+    """
+    device = next(model.parameters()).device
+    prompts = batch_prompts(batch)
+    with autocast_to(device, dtype):
+        features = batch.get("image_features")
+        if features is None:
+            features = model.encode_images(
+                batch["sam_pixels"].to(device, next(model.backend.parameters()).dtype)
+            )
+        features = {k: v.to(device) for k, v in features.items()}
+        if not all(p.text_only for image_prompts in prompts for p in image_prompts):
+            return [
+                predict_prompts(
+                    model, image, ps, threshold, dtype, {k: v[i : i + 1] for k, v in features.items()}
+                )
+                for i, (image, ps) in enumerate(zip(batch["images"], prompts, strict=True))
+            ]
+        index = batch["image_index"].to(device)
         out = model(
-            sam_pixels=batch["sam_pixels"].to(device, next(model.backend.parameters()).dtype),
-            encoder_pixels=batch["encoder_pixels"].to(device, next(model.encoder.parameters()).dtype),
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            image_index=index,
+            None,
+            batch["encoder_pixels"].to(device, next(model.encoder.parameters()).dtype),
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            index,
+            image_features=features,
         )
     logits = model.postprocess(out.logits.float(), index, batch["input_sizes"], batch["original_sizes"])
-    for i, (image, image_id, prompts) in enumerate(
-        zip(batch["images"], batch["image_ids"], batch["prompts"], strict=True)
-    ):
-        writer.add(image, image_id, prompts, logits[i] > threshold, out.iou[index == i, 0].float())
+    return [
+        Prediction(logits=lg, masks=lg > threshold, scores=out.iou[index == i, 0].float())
+        for i, lg in enumerate(logits)
+    ]
 
 
 __all__ = [
@@ -260,6 +297,8 @@ __all__ = [
     "PredictionReport",
     "PredictionWriter",
     "encode_rle",
+    "batch_prompts",
+    "predict_batch",
     "predict_images",
     "predict_prompts",
 ]

@@ -227,3 +227,22 @@ def test_cli_points_and_box_join_the_text_or_stand_alone(tmp_path, folder, check
     for name, record in (("text_box", with_box), ("points", points)):
         written = np.asarray(Image.open(out / name / record["mask"])) > 0
         assert np.array_equal(written, expected[name].numpy()), name
+
+
+def test_a_batch_with_boxes_encodes_its_images_once_and_matches_per_image_prediction(tmp_path, folder):
+    model = evf.create_model("beit3_tiny", "sam_tiny").eval()
+    (tmp_path / "m.json").write_text(json.dumps({
+        "images/a.png": [{"text": "the cat", "box": [1, 2, 30, 40]}, "the dog"],
+        "images/b.jpg": [{"points": [[5, 6]]}],
+    }))  # fmt: skip
+    calls = []
+    model.backend.image_encoder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    report = predict_images(model, manifest=tmp_path / "m.json", batch_size=2, progress=False)
+    assert calls == [2]  # one image-encoder call for the batch of two images
+    for name, records in (("a.png", report.records[:2]), ("b.jpg", report.records[2:])):
+        (item,) = [i for i in read_manifest(tmp_path / "m.json") if i.path.name == name]
+        rgb = np.asarray(Image.open(item.path).convert("RGB"))
+        expected = evf.predict_prompts(model, rgb, item.prompts)
+        for record, mask in zip(records, expected.masks, strict=True):
+            rle = {"size": record["rle"]["size"], "counts": record["rle"]["counts"].encode()}
+            assert np.array_equal(mask_utils.decode(rle).astype(bool), mask.numpy()), record
