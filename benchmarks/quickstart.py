@@ -53,10 +53,10 @@ def per_kind(ckpt: Path) -> dict[str, dict[str, float]]:
     metrics: dict[str, ReferringIoU] = defaultdict(ReferringIoU)
     with torch.no_grad():
         for batch in data.val_dataloader()[0]:
-            logits = module._forward_batch(batch)
-            kinds = batch["kinds"]
+            logits = [p.logits for p in module(batch)]
+            kinds = batch.kinds
             n = 0
-            for pred, target in zip(logits, batch["masks"], strict=True):
+            for pred, target in zip(logits, batch.masks, strict=True):
                 for p, t in zip(pred, target, strict=True):
                     for key in (kinds[n], "all"):
                         metrics[key].update(p[None] > 0, t[None])

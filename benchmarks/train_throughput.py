@@ -116,7 +116,8 @@ def loss_of(model, batch: dict, variant: str) -> torch.Tensor:
     from evf.losses import mask_losses
 
     low_res = (forward_naive if variant == "naive" else forward_evf)(model, batch)
-    logits = model.postprocess(low_res, batch["image_index"], batch["input_sizes"], batch["original_sizes"])
+    index, sizes = batch["image_index"], zip(batch["input_sizes"], batch["original_sizes"], strict=True)
+    logits = [model.backend.postprocess(low_res[index == i], a, b) for i, (a, b) in enumerate(sizes)]
     terms = mask_losses(logits, batch["masks"])
     return terms["bce"] + terms["dice"]
 

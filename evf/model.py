@@ -7,7 +7,6 @@ expressions of all images in a batch decode in one mask-decoder call.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from evf.encoders import MultimodalEncoder, create_encoder
+from evf.prompts import Prompt
 from evf.sam_backends import DecoderOutput, ImageFeatures, PointPrompts, SamBackend, create_backend
 
 
@@ -28,15 +28,6 @@ class TrainableParts:
     prompt_encoder: bool = True
     mask_decoder: bool = True
     image_encoder: bool = False
-
-
-@dataclass
-class Prediction:
-    """Masks for the prompts of one image, at its original resolution."""
-
-    logits: torch.Tensor  # [n,H,W] float32
-    masks: torch.Tensor  # [n,H,W] bool (logits > threshold)
-    scores: torch.Tensor  # [n] predicted IoU of each mask
 
 
 class EVFSAM(nn.Module):
@@ -105,8 +96,8 @@ class EVFSAM(nn.Module):
         self,
         sam_pixels: torch.Tensor | None,
         encoder_pixels: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
         image_index: torch.Tensor,
         image_features: ImageFeatures | None = None,
         points: PointPrompts | None = None,
@@ -117,7 +108,8 @@ class EVFSAM(nn.Module):
         Args:
             sam_pixels: ``[B,3,S,S]`` backend-normalised images (None when ``image_features`` given).
             encoder_pixels: ``[B,3,E,E]`` encoder-normalised images.
-            input_ids, attention_mask: ``[N,L]`` tokenised expressions.
+            input_ids, attention_mask: ``[N,L]`` tokenised expressions; None decodes the point/box
+                prompts alone (no text token).
             image_index: ``[N]`` image of each expression.
             image_features: precomputed backend features (e.g. from an embedding cache).
             points, boxes: optional extra prompts in the backend's input frame.
@@ -129,127 +121,73 @@ class EVFSAM(nn.Module):
         else:  # e.g. bf16 rows of an embedding cache: decode in the decoder's own dtype
             dtype = next(self.backend.mask_decoder.parameters()).dtype
             image_features = {k: v.to(dtype) for k, v in image_features.items()}
-        tokens = self.prompt_tokens(encoder_pixels, input_ids, attention_mask, image_index)
+        tokens = None
+        if input_ids is not None:
+            tokens = self.prompt_tokens(encoder_pixels, input_ids, attention_mask, image_index)
         return self.backend.decode(image_features, image_index, tokens, points=points, boxes=boxes)
 
-    def postprocess(
-        self,
-        low_res_logits: torch.Tensor,
-        image_index: torch.Tensor,
-        input_sizes: Sequence[tuple[int, int]],
-        original_sizes: Sequence[tuple[int, int]],
-    ) -> list[torch.Tensor]:
-        """``[N,1,h,w]`` -> list of B tensors ``[n_i,H_i,W_i]`` at the original resolutions."""
-        return [
-            self.backend.postprocess(
-                low_res_logits[image_index == i], tuple(input_sizes[i]), tuple(original_sizes[i])
-            )
-            for i in range(len(original_sizes))
-        ]
-
-    @torch.no_grad()
     def predict(
         self,
         image: np.ndarray,
-        prompts: Sequence[str] | None,
+        prompts: Sequence[str | Prompt] | None,
         threshold: float = 0.0,
         dtype: torch.dtype | None = None,
         points: Sequence[np.ndarray] | np.ndarray | None = None,
         point_labels: Sequence[np.ndarray] | np.ndarray | None = None,
         boxes: np.ndarray | None = None,
-        image_features: ImageFeatures | None = None,
-    ) -> Prediction:
-        """Segment ``prompts`` in one uint8 ``[H,W,3]`` RGB image; the image encoder runs once.
+    ):
+        """Convenience over `evf.Predictor`: segment ``prompts`` in one uint8 ``[H,W,3]`` RGB image.
 
         Args:
             image: the image.
-            prompts: referring expressions, or None for point/box prompts alone.
+            prompts: referring expressions or `Prompt` s, or None for point/box prompts alone.
             threshold: logit threshold of the masks.
-            dtype: compute dtype under ``torch.autocast`` (e.g. ``torch.bfloat16``), weights unchanged;
-                None adds no autocast: the weights' own dtype (``model.to(torch.bfloat16)`` runs
-                all-bf16), or an enclosing autocast such as Lightning's ``bf16-mixed``, decides.
-                Logits are returned as float32 either way.
+            dtype: compute dtype under ``torch.autocast`` (see `evf.Predictor`).
             points: per prompt, ``[K_i,2]`` (x, y) points in original-image pixels, beside or
-                instead of the text. Ragged lists are padded with SAM's "not a point" token (label
-                -1), which, as in SAM itself, is a token the decoder sees.
+                instead of the text (each prompt decodes with exactly its own points).
             point_labels: per prompt, ``[K_i]`` labels (1 foreground, 0 background); default all 1.
             boxes: ``[n,4]`` boxes (x0, y0, x1, y1) in original-image pixels, one per prompt.
-            image_features: `image_features` of this image, to decode several groups of prompts
-                with one image-encoder pass.
+
+        Returns:
+            `evf.decode.Prediction` (logits ``[n,H,W]`` float32, masks, scores).
         """
-        n = _prompt_count(prompts, points, boxes)
-        device = next(self.parameters()).device
-        backend_spec = self.backend.info.image
-        size = image.shape[:2]
-        image_index = torch.zeros(n, dtype=torch.long, device=device)
-        point_prompts = None
-        if points is not None:
-            coords, labels = _pad_points(points, point_labels)
-            point_prompts = PointPrompts(
-                self.backend.transform_coords(coords, size).to(device), labels.to(device)
-            )
-        box_tensor = None
-        if boxes is not None:
-            corners = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).view(n, 2, 2)
-            box_tensor = self.backend.transform_coords(corners, size).view(n, 4).to(device)
-        with autocast_to(device, dtype):
-            features = self.image_features(image) if image_features is None else image_features
-            text = None
-            if prompts is not None:
-                tokens = self.encoder.preprocessor.tokenize(list(prompts))
-                encoder_pixels = self.encoder.preprocessor.transform_image(image)[None]
-                text = self.prompt_tokens(
-                    encoder_pixels.to(device, next(self.encoder.parameters()).dtype),
-                    tokens["input_ids"].to(device),
-                    tokens["attention_mask"].to(device),
-                    image_index,
-                )
-            out = self.backend.decode(features, image_index, text, points=point_prompts, boxes=box_tensor)
-        logits = self.postprocess(
-            out.logits.float(), image_index, [backend_spec.resized_size(*size)], [size]
-        )[0]
-        return Prediction(logits=logits, masks=logits > threshold, scores=out.iou[:, 0].float())
+        from evf.predictor import Predictor  # the predictor drives this module; imported on use
 
-    def image_features(self, image: np.ndarray) -> ImageFeatures:
-        """Backend features of one uint8 ``[H,W,3]`` RGB image (for `predict`'s ``image_features``)."""
-        pixels = self.backend.info.image(image)[None]
-        return self.encode_images(
-            pixels.to(next(self.backend.parameters()).device, next(self.backend.parameters()).dtype)
-        )
+        predictor = Predictor(self, threshold=threshold, dtype=dtype)
+        predictor.set_image(image)
+        return predictor.predict(prompts_from_arrays(prompts, points, point_labels, boxes))
 
 
-def autocast_to(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` to ``dtype``, or no context at all for None (an enclosing autocast stays on;
-    ``autocast(enabled=False)`` would switch it off)."""
-    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+def prompts_from_arrays(
+    texts: Sequence[str | Prompt] | None,
+    points: Sequence[np.ndarray] | np.ndarray | None = None,
+    point_labels: Sequence[np.ndarray] | np.ndarray | None = None,
+    boxes: np.ndarray | None = None,
+) -> list[Prompt]:
+    """Parallel per-prompt lists (SamPredictor style) -> `Prompt` s.
 
-
-def _prompt_count(prompts: Sequence[str] | None, points, boxes) -> int:
-    counts = {len(x) for x in (prompts, points, boxes) if x is not None}
+    Raises:
+        ValueError: no prompt at all, or lists of different lengths.
+    """
+    counts = {len(x) for x in (texts, points, boxes) if x is not None}
     if not counts or counts == {0}:
         raise ValueError("predict needs at least one prompt (text, points or a box)")
     if len(counts) > 1:
         raise ValueError(
             f"prompts, points and boxes must have one entry per prompt, got lengths {sorted(counts)}"
         )
-    return counts.pop()
-
-
-def _pad_points(points, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged per-prompt points -> ``[n,K,2]`` coords and ``[n,K]`` labels, padded with label -1."""
-    rows = [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in points]
-    label_rows = (
-        [np.ones(len(r)) for r in rows] if labels is None else [np.asarray(lb).reshape(-1) for lb in labels]
-    )
-    k = max(len(r) for r in rows)
-    coords = torch.zeros(len(rows), k, 2)
-    padded = torch.full((len(rows), k), -1, dtype=torch.long)
-    for i, (r, lb) in enumerate(zip(rows, label_rows, strict=True)):
-        if len(lb) != len(r):
-            raise ValueError(f"prompt {i}: {len(r)} points but {len(lb)} labels")
-        coords[i, : len(r)] = torch.from_numpy(r)
-        padded[i, : len(r)] = torch.from_numpy(lb.astype(np.int64))
-    return coords, padded
+    prompts = []
+    for i in range(counts.pop()):
+        text = None if texts is None else texts[i]
+        if isinstance(text, Prompt):
+            prompts.append(text)
+            continue
+        xy = () if points is None else np.asarray(points[i], dtype=np.float32).reshape(-1, 2)
+        labels = () if point_labels is None else np.asarray(point_labels[i]).reshape(-1)
+        if len(labels) and len(labels) != len(xy):
+            raise ValueError(f"prompt {i}: {len(xy)} points but {len(labels)} labels")
+        prompts.append(Prompt(text, xy, labels, None if boxes is None else boxes[i]))
+    return prompts
 
 
 def create_model(
@@ -291,4 +229,4 @@ def trainable_summary(model: EVFSAM) -> dict[str, dict[str, int]]:
     return out
 
 
-__all__ = ["EVFSAM", "Prediction", "TrainableParts", "create_model", "trainable_summary"]
+__all__ = ["EVFSAM", "TrainableParts", "create_model", "prompts_from_arrays", "trainable_summary"]

@@ -14,8 +14,9 @@ from torch import nn
 from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder_record, restore_image_encoder
 from evf.losses import mask_losses
 from evf.metrics import ReferringIoU
+from evf.batch import Batch
+from evf.decode import Prediction, decode
 from evf.model import EVFSAM, TrainableParts, create_model
-from evf.prediction import batch_prompts, predict_batch
 from evf.pretrained import ReleaseConfig, load_release_weights
 from evf.results import write_results
 from evf.visualize import attention_grid, images_from_pixels, overlay_grid
@@ -159,29 +160,21 @@ class EVFSAMModule(L.LightningModule):
         restore_image_encoder(self, checkpoint)
 
     # ---- steps -------------------------------------------------------------------------------
-    def _forward_batch(self, batch: dict) -> list[torch.Tensor]:
-        """Per-image mask logits ``[n_i,H_i,W_i]`` at original resolution."""
-        return self._decode(batch)[0]
+    def forward(self, batch: Batch) -> list[Prediction]:
+        """Per image, logits ``[n_i,H_i,W_i]`` at the original resolution, masks and scores
+        (`evf.decode.decode`: the path prediction takes too)."""
+        return decode(self.model, batch)
 
-    def _decode(self, batch: dict) -> tuple[list[torch.Tensor], torch.Tensor]:
-        out = self.model(
-            sam_pixels=batch.get("sam_pixels"),
-            encoder_pixels=batch["encoder_pixels"],
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            image_index=batch["image_index"],
-            image_features=batch.get("image_features"),
-        )
-        logits = self.model.postprocess(
-            out.logits, batch["image_index"], batch["input_sizes"], batch["original_sizes"]
-        )
-        return logits, out.iou[:, 0]
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, Batch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self._forward_batch(batch)
-        terms = mask_losses(logits, batch["masks"])
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        logits = [p.logits for p in self(batch)]
+        terms = mask_losses(logits, batch.masks)
         loss = self.loss_weights.bce * terms["bce"] + self.loss_weights.dice * terms["dice"]
-        n = len(batch["texts"])
+        n = len(batch.texts)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         every = self.log_images_every_n_steps
@@ -189,29 +182,24 @@ class EVFSAMModule(L.LightningModule):
             self._log_overlays("train", batch, logits)
         return loss
 
-    def _eval_step(self, stage: str, batch: dict, batch_idx: int, dataloader_idx: int) -> None:
-        logits = self._forward_batch(batch)
+    def _eval_step(self, stage: str, batch: Batch, batch_idx: int, dataloader_idx: int) -> None:
+        predictions = self(batch)
         metric = (self.val_metrics if stage == "val" else self.test_metrics)[dataloader_idx]
-        for pred, target in zip(logits, batch["masks"], strict=True):
-            metric.update(pred > 0, target)
+        for prediction, target in zip(predictions, batch.masks, strict=True):
+            metric.update(prediction.masks, target)
         if batch_idx == 0 and dataloader_idx == 0:
-            self._log_overlays(stage, batch, logits)
+            self._log_overlays(stage, batch, [p.logits for p in predictions])
 
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("val", batch, batch_idx, dataloader_idx)
 
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("test", batch, batch_idx, dataloader_idx)
 
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """One record per image: its `Prompt` s, logits ``[n,H,W]``, boolean masks and predicted IoUs
-        (none for a batch whose every image failed to load: `PromptedImages` reports those)."""
-        if not batch["image_ids"]:
-            return []
-        return [
-            {"prompts": prompts, "logits": r.logits, "masks": r.masks, "scores": r.scores}
-            for prompts, r in zip(batch_prompts(batch), predict_batch(self.model, batch), strict=True)
-        ]
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
+        """One `Prediction` per image of the batch (none for a batch whose every image failed to
+        load: ``batch.failures`` lists those)."""
+        return self(batch)
 
     # ---- metrics: one ReferringIoU per named split -------------------------------------------
     def _split_names(self, stage: str) -> list[str]:
@@ -318,7 +306,7 @@ class EVFSAMModule(L.LightningModule):
         ]
 
     # ---- logging -------------------------------------------------------------------------------
-    def _log_overlays(self, stage: str, batch: dict, logits: list[torch.Tensor]) -> None:
+    def _log_overlays(self, stage: str, batch: Batch, logits: list[torch.Tensor]) -> None:
         experiment = getattr(self.logger, "experiment", None)
         if (
             self.num_logged_images <= 0
@@ -326,19 +314,19 @@ class EVFSAMModule(L.LightningModule):
             or not self.trainer.is_global_zero
         ):
             return
-        if batch.get("sam_pixels") is not None:
-            pixels, spec = batch["sam_pixels"], self.model.backend.info.image
-            input_sizes = batch["input_sizes"]
+        if batch.sam_pixels is not None:
+            pixels, spec = batch.sam_pixels, self.model.backend.info.image
+            input_sizes = batch.input_sizes
         else:  # features came from a cache: show the encoder's view of the image instead
-            pixels, spec = batch["encoder_pixels"], self.model.encoder.preprocessor.image
-            input_sizes = [(spec.size, spec.size)] * len(batch["original_sizes"])
-        images = images_from_pixels(pixels, spec, input_sizes, batch["original_sizes"])
+            pixels, spec = batch.encoder_pixels, self.model.encoder.preprocessor.image
+            input_sizes = [(spec.size, spec.size)] * batch.num_images
+        images = images_from_pixels(pixels, spec, input_sizes, batch.original_sizes)
         grid = overlay_grid(images, batch, [lg.detach().float() for lg in logits], self.num_logged_images)
         experiment.add_image(f"{stage}/overlays", grid, self.global_step, dataformats="HWC")
         cls_attention = getattr(self.model.encoder, "cls_attention", None)
-        rows = slice(0, min(self.num_logged_images, len(batch["texts"])))
-        inputs = (batch["input_ids"][rows], batch["attention_mask"][rows], batch["image_index"][rows])
-        attention = None if cls_attention is None else cls_attention(batch["encoder_pixels"], *inputs)
+        rows = slice(0, min(self.num_logged_images, len(batch.texts)))
+        inputs = (batch.input_ids[rows], batch.attention_mask[rows], batch.image_index[rows])
+        attention = None if cls_attention is None else cls_attention(batch.encoder_pixels, *inputs)
         if attention is not None:
             grid = attention_grid(images, batch, attention)
             experiment.add_image(f"{stage}/attention", grid, self.global_step, dataformats="HWC")

@@ -26,10 +26,12 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from evf.datamodules.base import BatchBuilder
-from evf.datamodules.predict import Prompt, collect_inputs, predict_loader
-from evf.model import EVFSAM, Prediction, autocast_to
-from evf.sam_backends import ImageFeatures
+from evf.batch import Batch, BatchBuilder
+from evf.datamodules.predict import collect_inputs, predict_loader
+from evf.decode import Prediction, decode
+from evf.model import EVFSAM
+from evf.predictor import Predictor, autocast_to
+from evf.prompts import Prompt
 from evf.visualize import overlay
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,13 @@ class PredictionWriter:
                 Image.fromarray(mask.astype(np.uint8) * 255).save(self.output / record["mask"])
                 Image.fromarray(overlay(image, mask)).save(self.output / record["overlay"])
             self.records.append({**record, "rle": encode_rle(mask)})
+
+    def add_batch(self, batch: Batch, predictions: Sequence[Prediction]) -> None:
+        """Record every image of a prediction batch (with ``images`` and ``prompts``)."""
+        for image, image_id, prompts, result in zip(
+            batch.images or [], batch.image_ids, batch.image_prompts(), predictions, strict=True
+        ):
+            self.add(image, image_id, prompts, result.masks, result.scores)
 
     def fail(self, failure: dict[str, str]) -> None:
         log.warning("skipped %s: %s", failure["image"], failure["error"])
@@ -120,10 +129,9 @@ class MaskWriter(BasePredictionWriter):
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ):
-        for failure in batch["failures"]:
+        for failure in batch.failures:
             self.writer.fail(failure)
-        for image, image_id, result in zip(batch["images"], batch["image_ids"], prediction, strict=True):
-            self.writer.add(image, image_id, result["prompts"], result["masks"], result["scores"])
+        self.writer.add_batch(batch, prediction)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
@@ -170,7 +178,7 @@ def predict_images(
     images = [images] if isinstance(images, str | Path) else list(images)
     prompts = [prompts] if isinstance(prompts, str | Prompt) else list(prompts)
     items = collect_inputs(images, prompts, manifest)
-    builder = BatchBuilder(model.encoder.preprocessor, model.backend.info.image, keep_images=True)
+    builder = BatchBuilder(model.encoder.preprocessor, model.backend.info.image)
     writer = PredictionWriter(None if output is None else Path(output))
     writer.start()
     batches = predict_loader(items, builder, batch_size)
@@ -179,117 +187,29 @@ def predict_images(
 
         batches = tqdm(batches, desc="predict", unit="batch")
     model.eval()
+    device = next(model.parameters()).device
     for batch in batches:
-        for failure in batch["failures"]:
+        for failure in batch.failures:
             writer.fail(failure)
-        if not batch["image_ids"]:
-            continue
-        results = predict_batch(model, batch, threshold, dtype)
-        for image, image_id, prompts, result in zip(
-            batch["images"], batch["image_ids"], batch["prompts"], results, strict=True
-        ):
-            writer.add(image, image_id, prompts, result.masks, result.scores)
+        with autocast_to(device, dtype):
+            results = decode(model, batch.to(device), threshold)
+        writer.add_batch(batch, results)
     writer.finish()
     return PredictionReport(writer.records, writer.failures)
 
 
-@torch.no_grad()
 def predict_prompts(
     model: EVFSAM,
     image: np.ndarray,
-    prompts: Sequence[Prompt],
+    prompts: Sequence[str | Prompt],
     threshold: float = 0.0,
     dtype: torch.dtype | None = None,
-    image_features: ImageFeatures | None = None,
 ) -> Prediction:
-    """`EVFSAM.predict` for `Prompt` s that mix texts, points and boxes, image encoder run once
-    (not at all when ``image_features`` of this image are given).
-
-    Prompts decode in groups of the same kind (with or without text, with or without a box), so
-    each gets exactly the decoder tokens it would get alone, except that ragged point lists within
-    a group are padded with SAM's "not a point" token. Results come back in the order of ``prompts``.
-    """
-    groups: dict[tuple[bool, bool], list[int]] = {}
-    for i, p in enumerate(prompts):
-        groups.setdefault((p.text is not None, p.box is not None), []).append(i)
-    if image_features is None:
-        with autocast_to(next(model.parameters()).device, dtype):
-            image_features = model.image_features(image)
-    parts = []
-    for (has_text, has_box), rows in groups.items():
-        chosen = [prompts[i] for i in rows]
-        points = [np.asarray(p.points, dtype=np.float32).reshape(-1, 2) for p in chosen]
-        with_points = any(len(p) for p in points)
-        parts.append(
-            model.predict(
-                image,
-                [p.text for p in chosen] if has_text else None,
-                threshold=threshold,
-                dtype=dtype,
-                points=points if with_points else None,
-                point_labels=[np.asarray(p.point_labels) for p in chosen] if with_points else None,
-                boxes=np.asarray([p.box for p in chosen], dtype=np.float32) if has_box else None,
-                image_features=image_features,
-            )
-        )
-    order = torch.as_tensor([i for rows in groups.values() for i in rows]).argsort()
-    logits = torch.cat([part.logits for part in parts])[order]
-    scores = torch.cat([part.scores for part in parts])[order]
-    return Prediction(logits=logits, masks=logits > threshold, scores=scores)
-
-
-def batch_prompts(batch: dict) -> list[tuple[Prompt, ...]]:
-    """Per image, its `Prompt` s: ``batch["prompts"]`` (prediction batches), or its texts (any
-    other batch of the contract)."""
-    if "prompts" in batch:
-        return batch["prompts"]
-    index = batch["image_index"].tolist()
-    return [
-        tuple(Prompt(t) for t, j in zip(batch["texts"], index, strict=True) if j == i)
-        for i in range(len(batch["image_ids"]))
-    ]
-
-
-@torch.no_grad()
-def predict_batch(
-    model: EVFSAM, batch: dict, threshold: float = 0.0, dtype: torch.dtype | None = None
-) -> list[Prediction]:
-    """One `Prediction` per image of a batch (`evf predict` and `predict_images`).
-
-    The image encoder runs once over the batch's ``sam_pixels`` (or cached ``image_features`` are
-    used). Text prompts decode in one call for the whole batch; a batch with points or boxes
-    decodes image by image through `predict_prompts` on those same features.
-    """
-    device = next(model.parameters()).device
-    prompts = batch_prompts(batch)
-    with autocast_to(device, dtype):
-        features = batch.get("image_features")
-        if features is None:
-            features = model.encode_images(
-                batch["sam_pixels"].to(device, next(model.backend.parameters()).dtype)
-            )
-        features = {k: v.to(device) for k, v in features.items()}
-        if not all(p.text_only for image_prompts in prompts for p in image_prompts):
-            return [
-                predict_prompts(
-                    model, image, ps, threshold, dtype, {k: v[i : i + 1] for k, v in features.items()}
-                )
-                for i, (image, ps) in enumerate(zip(batch["images"], prompts, strict=True))
-            ]
-        index = batch["image_index"].to(device)
-        out = model(
-            None,
-            batch["encoder_pixels"].to(device, next(model.encoder.parameters()).dtype),
-            batch["input_ids"].to(device),
-            batch["attention_mask"].to(device),
-            index,
-            image_features=features,
-        )
-    logits = model.postprocess(out.logits.float(), index, batch["input_sizes"], batch["original_sizes"])
-    return [
-        Prediction(logits=lg, masks=lg > threshold, scores=out.iou[index == i, 0].float())
-        for i, lg in enumerate(logits)
-    ]
+    """Text, point, box or mixed `Prompt` s on one image, its image encoder run once: a one-call
+    `evf.Predictor` (keep a `Predictor` to ask more prompts of the same image)."""
+    predictor = Predictor(model, threshold, dtype)
+    predictor.set_image(image)
+    return predictor.predict(prompts)
 
 
 __all__ = [
@@ -297,8 +217,6 @@ __all__ = [
     "PredictionReport",
     "PredictionWriter",
     "encode_rle",
-    "batch_prompts",
-    "predict_batch",
     "predict_images",
     "predict_prompts",
 ]

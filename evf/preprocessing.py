@@ -69,6 +69,19 @@ class ImageSpec:
             return longest_side_size(height, width, self.size)
         return self.size, self.size
 
+    def transform_coords(self, coords: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        """Map ``[...,2]`` (x, y) pixels of an original ``(H, W)`` image into the model input.
+
+        A square input divides by (W, H) and multiplies by the size, in that order, as
+        ``SAM2Transforms.transform_coords(normalize=True)``; the others scale by resized / original
+        size, as segment-anything's ``ResizeLongestSide.apply_coords``.
+        """
+        h, w = original_size
+        if self.resize == "square":
+            return coords / torch.tensor([w, h], dtype=coords.dtype, device=coords.device) * self.size
+        new_h, new_w = self.resized_size(h, w)
+        return coords * torch.tensor([new_w / w, new_h / h], dtype=coords.dtype, device=coords.device)
+
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         """uint8 ``[H,W,3]`` RGB -> float ``[3,size,size]``."""
         check_rgb_uint8(image)

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from evf.batch import Batch
+
 PRED_COLOUR = np.array([50, 120, 220], dtype=np.float32)  # blue: prediction
 TRUE_COLOUR = np.array([240, 200, 40], dtype=np.uint8)  # yellow: ground-truth outline
 
@@ -48,18 +50,18 @@ def captioned(tile: np.ndarray, text: str, height: int = 160) -> np.ndarray:
 
 
 def overlay_grid(
-    images: list[np.ndarray], batch: dict, logits: list[torch.Tensor], max_items: int, columns: int = 4
+    images: list[np.ndarray], batch: Batch, logits: list[torch.Tensor], max_items: int, columns: int = 4
 ) -> np.ndarray:
     """A grid of up to ``max_items`` expressions of a batch: prediction blended, truth outlined,
     each captioned with its expression. ``images`` are the batch's images at original size."""
     tiles = []
     seen: dict[int, int] = {}
-    for n, i in enumerate(batch["image_index"].tolist()[:max_items]):
+    for n, i in enumerate(batch.image_index.tolist()[:max_items]):
         j = seen.get(i, 0)
         seen[i] = j + 1
         pred = (logits[i][j] > 0).cpu().numpy()
-        target = batch["masks"][i][j].cpu().numpy().astype(bool)
-        tiles.append(captioned(overlay(images[i], pred, target), batch["texts"][n]))
+        target = batch.masks[i][j].cpu().numpy().astype(bool)
+        tiles.append(captioned(overlay(images[i], pred, target), batch.texts[n]))
     return _grid(tiles, columns)
 
 
@@ -74,13 +76,13 @@ def heatmap(image: np.ndarray, attention: np.ndarray) -> np.ndarray:
 
 
 def attention_grid(
-    images: list[np.ndarray], batch: dict, attention: torch.Tensor, columns: int = 4
+    images: list[np.ndarray], batch: Batch, attention: torch.Tensor, columns: int = 4
 ) -> np.ndarray:
     """The paper's Figure 5 view: for the first ``len(attention)`` expressions of a batch, the
     [CLS]-to-patch attention ``[n,h,w]`` over the image, captioned with the expression."""
-    index = batch["image_index"].tolist()
+    index = batch.image_index.tolist()
     tiles = [
-        captioned(heatmap(images[index[n]], attention[n].detach().float().cpu().numpy()), batch["texts"][n])
+        captioned(heatmap(images[index[n]], attention[n].detach().float().cpu().numpy()), batch.texts[n])
         for n in range(len(attention))
     ]
     return _grid(tiles, columns)

@@ -8,13 +8,13 @@ from evf.model import trainable_summary
 
 def _run(model, batch, rows=None):
     """Low-res logits for the batch, or for a subset of its expressions (rows)."""
-    rows = torch.arange(len(batch["texts"])) if rows is None else rows
+    rows = torch.arange(len(batch.texts)) if rows is None else rows
     return model(
-        sam_pixels=batch["sam_pixels"],
-        encoder_pixels=batch["encoder_pixels"],
-        input_ids=batch["input_ids"][rows],
-        attention_mask=batch["attention_mask"][rows],
-        image_index=batch["image_index"][rows],
+        sam_pixels=batch.sam_pixels,
+        encoder_pixels=batch.encoder_pixels,
+        input_ids=batch.input_ids[rows],
+        attention_mask=batch.attention_mask[rows],
+        image_index=batch.image_index[rows],
     ).logits
 
 
@@ -22,14 +22,14 @@ def test_multi_expression_batch_equals_one_by_one(tiny_model, shapes_batch):
     model = tiny_model.eval()
     with torch.no_grad():
         together = _run(model, shapes_batch)
-        for n in range(len(shapes_batch["texts"])):
-            length = int(shapes_batch["attention_mask"][n].sum())
+        for n in range(len(shapes_batch.texts)):
+            length = int(shapes_batch.attention_mask[n].sum())
             single = model(
-                sam_pixels=shapes_batch["sam_pixels"],
-                encoder_pixels=shapes_batch["encoder_pixels"],
-                input_ids=shapes_batch["input_ids"][n : n + 1, :length],  # no padding at all
-                attention_mask=shapes_batch["attention_mask"][n : n + 1, :length],
-                image_index=shapes_batch["image_index"][n : n + 1],
+                sam_pixels=shapes_batch.sam_pixels,
+                encoder_pixels=shapes_batch.encoder_pixels,
+                input_ids=shapes_batch.input_ids[n : n + 1, :length],  # no padding at all
+                attention_mask=shapes_batch.attention_mask[n : n + 1, :length],
+                image_index=shapes_batch.image_index[n : n + 1],
             ).logits
             torch.testing.assert_close(together[n : n + 1], single, atol=1e-4, rtol=1e-4)
 
@@ -38,8 +38,8 @@ def test_image_encoder_runs_once_per_image(tiny_model, shapes_batch):
     calls = []
     tiny_model.backend.image_encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     _run(tiny_model, shapes_batch)
-    assert calls == [len(shapes_batch["original_sizes"])]
-    assert len(shapes_batch["texts"]) > len(shapes_batch["original_sizes"])
+    assert calls == [len(shapes_batch.original_sizes)]
+    assert len(shapes_batch.texts) > len(shapes_batch.original_sizes)
 
 
 def test_frozen_parts_get_no_grad_and_stay_in_eval(shapes_batch):

@@ -6,18 +6,16 @@ import pytest
 import torch
 
 import evf
+from evf.batch import Batch
 from evf.datamodules import ShapesDataModule
+from evf.decode import decode
 from evf.losses import mask_losses
 from evf.module import EVFSAMModule
 
 
-def _loss(model: evf.EVFSAM, batch: dict) -> torch.Tensor:
-    out = model(batch["sam_pixels"], batch["encoder_pixels"], batch["input_ids"], batch["attention_mask"],
-                batch["image_index"])  # fmt: skip
-    logits = model.postprocess(
-        out.logits, batch["image_index"], batch["input_sizes"], batch["original_sizes"]
-    )
-    terms = mask_losses(logits, batch["masks"])
+def _loss(model: evf.EVFSAM, batch: Batch) -> torch.Tensor:
+    logits = [p.logits for p in decode(model, batch)]
+    terms = mask_losses(logits, batch.masks)
     return terms["bce"] + terms["dice"]
 
 
@@ -68,7 +66,7 @@ def test_compile_encoder_compiles_in_place_and_keeps_checkpoint_keys():
 def test_encoder_traces_as_one_graph(shapes_batch):
     """What `compile_encoder` compiles has no graph break (each would split the compiled program)."""
     encoder = evf.create_encoder("beit3_tiny", grad_checkpointing=True).train()
-    inputs = [shapes_batch[k] for k in ("encoder_pixels", "input_ids", "attention_mask", "image_index")]
+    inputs = [getattr(shapes_batch, k) for k in ("encoder_pixels", "input_ids", "attention_mask", "image_index")]
     explained = torch._dynamo.explain(encoder)(*inputs)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
@@ -77,13 +75,13 @@ def test_frozen_image_encoder_keeps_no_activations(shapes_batch):
     model = evf.create_model("beit3_tiny", "sam_tiny").train()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
-        features = model.encode_images(shapes_batch["sam_pixels"])
+        features = model.encode_images(shapes_batch.sam_pixels)
     assert saved == [] and all(f.grad_fn is None for f in features.values())
     trains = evf.create_model(
         "beit3_tiny", "sam_tiny", trainable=evf.TrainableParts(image_encoder=True)
     ).train()
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
-        trains.encode_images(shapes_batch["sam_pixels"])
+        trains.encode_images(shapes_batch.sam_pixels)
     assert saved  # a training image encoder does keep them
 
 
@@ -92,7 +90,7 @@ def test_inference_mode_features_cannot_train_the_sam2_decoder(shapes_batch):
     features with trainable weights, and autograd refuses to save inference tensors for backward."""
     model = evf.create_model("beit3_tiny", "sam2_tiny").train()
     with torch.inference_mode():  # sam_tiny's 128 px pixels: the size sam2_tiny reads too
-        features = model.backend.encode_image(shapes_batch["sam_pixels"])
-    tokens = torch.randn(len(shapes_batch["image_index"]), 1, model.backend.prompt_dim, requires_grad=True)
+        features = model.backend.encode_image(shapes_batch.sam_pixels)
+    tokens = torch.randn(len(shapes_batch.image_index), 1, model.backend.prompt_dim, requires_grad=True)
     with pytest.raises(RuntimeError, match="[Ii]nference tensors cannot be saved for backward"):
-        model.backend.decode(features, shapes_batch["image_index"], tokens).logits.sum().backward()
+        model.backend.decode(features, shapes_batch.image_index, tokens).logits.sum().backward()

@@ -1,7 +1,7 @@
 """Filling an embedding store: plan a datamodule's images, encode one shard of them, write it.
 
 The plan is every image the datamodule uses (its training dataset and every validation and test
-split), deduplicated by `EVFDataset.image_key` and sorted by it, so every process computes the same
+split), deduplicated by `ImageDataset.image_key` and sorted by it, so every process computes the same
 plan without talking to the others. Shard ``i`` of ``n`` takes plan entries ``i, i + n, ...``.
 Images are loaded and preprocessed in DataLoader workers; the frozen image encoder runs under
 ``torch.inference_mode`` (its outputs only go to disk).
@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,11 +22,29 @@ from tqdm import tqdm
 
 from evf.cache.keys import CacheKey, pixel_hash
 from evf.cache.store import ShardWriter, StoreDtype, shard_name
-from evf.datamodules.base import EVFDataModule, EVFDataset
 from evf.preprocessing import ImageSpec
 from evf.sam_backends import SamBackend
 
 log = logging.getLogger(__name__)
+
+
+class ImageDataset(Protocol):
+    """What the cache needs of a dataset (`evf.datamodules.EVFDataset` is one): typed structurally,
+    so that the cache, which the datamodules use, does not import them."""
+
+    def __len__(self) -> int: ...
+
+    def image_key(self, index: int) -> str: ...
+
+    def load_image(self, index: int) -> np.ndarray: ...
+
+
+class ImageDataModule(Protocol):
+    """What the cache needs of a datamodule (`evf.datamodules.EVFDataModule` is one)."""
+
+    def train_dataset(self) -> ImageDataset: ...
+
+    def eval_datasets(self, stage: str) -> dict[str, ImageDataset]: ...
 
 
 @dataclass(frozen=True)
@@ -33,11 +52,11 @@ class PlannedImage:
     """One picture to encode: its key and where to load it from (the first dataset naming it)."""
 
     key: str
-    dataset: EVFDataset
+    dataset: ImageDataset
     index: int
 
 
-def datamodule_datasets(datamodule: EVFDataModule) -> list[tuple[str, EVFDataset]]:
+def datamodule_datasets(datamodule: ImageDataModule) -> list[tuple[str, ImageDataset]]:
     """``(name, dataset)`` of the training set and of every validation and test split."""
     named = [("train", datamodule.train_dataset())]
     for stage in ("validate", "test"):
@@ -45,7 +64,7 @@ def datamodule_datasets(datamodule: EVFDataModule) -> list[tuple[str, EVFDataset
     return named
 
 
-def plan_images(datasets: Sequence[tuple[str, EVFDataset]]) -> list[PlannedImage]:
+def plan_images(datasets: Sequence[tuple[str, ImageDataset]]) -> list[PlannedImage]:
     """Every distinct picture of ``datasets``, sorted by key (the same on every process)."""
     first: dict[str, PlannedImage] = {}
     for _, dataset in datasets:

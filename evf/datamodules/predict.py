@@ -34,59 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from evf.datamodules.base import Batch, BatchBuilder
-from evf.datamodules.sample import Sample
+from evf.batch import Batch, BatchBuilder
 from evf.encoders import build_preprocessor
 from evf.io import ImageReadError, list_images, read_rgb
+from evf.prompts import Prompt
 from evf.sam_backends import backend_image_spec
-
-
-@dataclass
-class Prompt:
-    """One thing to segment: an expression, points and/or a box (original-image pixels).
-
-    Raises ValueError (at construction) for a prompt with nothing in it, points and labels of
-    different counts, labels other than 0/1, or a box that is not ``x0 <= x1, y0 <= y1``.
-    """
-
-    text: str | None = None
-    points: tuple[tuple[float, float], ...] = ()
-    point_labels: tuple[int, ...] = ()  # default: every point foreground
-    box: tuple[float, float, float, float] | None = None
-
-    def __post_init__(self) -> None:
-        text = self.text.strip() if self.text else None
-        self.text = text or None
-        points = tuple((float(x), float(y)) for x, y in self.points)
-        labels = tuple(int(v) for v in self.point_labels) or (1,) * len(points)
-        self.points = points
-        self.point_labels = labels
-        if not (self.text or points or self.box is not None):
-            raise ValueError("a prompt needs a text, points or a box")
-        if len(labels) != len(points):
-            raise ValueError(f"{len(points)} point(s) but {len(labels)} label(s)")
-        if set(labels) - {0, 1}:
-            raise ValueError(f"point labels must be 1 (foreground) or 0 (background), got {list(labels)}")
-        if self.box is not None:
-            box = tuple(float(v) for v in self.box)
-            if len(box) != 4 or box[0] > box[2] or box[1] > box[3]:
-                raise ValueError(f"a box is x0, y0, x1, y1 with x0 <= x1 and y0 <= y1, got {list(self.box)}")
-            self.box = box
-
-    @property
-    def text_only(self) -> bool:
-        return self.text is not None and not self.points and self.box is None
-
-    def record(self) -> dict[str, Any]:
-        """The prompt's fields for ``predictions.json`` (``prompt`` is the text or null)."""
-        out: dict[str, Any] = {"prompt": self.text}
-        if self.points:
-            out["points"], out["point_labels"] = [list(p) for p in self.points], list(self.point_labels)
-        if self.box is not None:
-            out["box"] = list(self.box)
-        return out
 
 
 def parse_point(value: str) -> tuple[tuple[float, float], int]:
@@ -242,9 +197,18 @@ def collect_inputs(
     return items
 
 
+@dataclass(frozen=True)
+class LoadedImage:
+    """A `PromptedImage` whose file was read: its uint8 ``[H,W,3]`` pixels."""
+
+    image_id: str
+    image: np.ndarray
+    prompts: tuple[Prompt, ...]
+
+
 class PromptedImages(Dataset):
-    """`PromptedImage` entries as (`Sample`, prompts) pairs; an image that cannot be read gives
-    ``{"image", "error"}``. The sample's texts are the prompts' texts ("" where a prompt has none)."""
+    """`PromptedImage` entries, read: a `LoadedImage`, or ``{"image", "error"}`` for an image that
+    cannot be read."""
 
     def __init__(self, items: Sequence[PromptedImage]) -> None:
         self.items = list(items)
@@ -252,37 +216,37 @@ class PromptedImages(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[Sample, tuple[Prompt, ...]] | dict[str, str]:
+    def __getitem__(self, index: int) -> LoadedImage | dict[str, str]:
         item = self.items[index]
         try:
             image = read_rgb(item.path)
         except ImageReadError as err:
             return {"image": str(item.path), "error": str(err)}
-        texts = [p.text or "" for p in item.prompts]
-        return Sample(image=image, masks=None, texts=texts, image_id=str(item.path)), item.prompts
+        return LoadedImage(str(item.path), image, item.prompts)
 
 
 class PredictBatches:
-    """Collate: the batch contract (with the original images) for the images that loaded, plus
-    ``prompts`` (per image, its `Prompt` s) and ``failures``: the ``{"image", "error"}`` records of
-    those that did not. A batch whose every image failed has empty ``image_ids``."""
+    """Collate: a `Batch` (with the original images and each image's `Prompt` s) of the images that
+    loaded, whose ``failures`` lists the ``{"image", "error"}`` records of those that did not. A
+    batch whose every image failed has no images."""
 
     def __init__(self, builder: BatchBuilder) -> None:
         self.builder = builder
 
-    def __call__(self, items: Sequence[tuple[Sample, tuple[Prompt, ...]] | dict[str, str]]) -> Batch:
-        loaded = [item for item in items if isinstance(item, tuple)]
-        samples = [sample for sample, _ in loaded]
-        batch = self.builder(samples) if samples else {"image_ids": [], "images": [], "texts": []}
-        batch["prompts"] = [prompts for _, prompts in loaded]
-        batch["failures"] = [f for f in items if not isinstance(f, tuple)]
+    def __call__(self, items: Sequence[LoadedImage | dict[str, str]]) -> Batch:
+        loaded = [item for item in items if isinstance(item, LoadedImage)]
+        ids = [item.image_id for item in loaded]
+        images = self.builder.images([item.image for item in loaded], ids)
+        batch = self.builder.prompt_batch(images, [item.prompts for item in loaded], ids)
+        batch.images = [item.image for item in loaded]
+        batch.failures = [f for f in items if not isinstance(f, LoadedImage)]
         return batch
 
 
 def predict_loader(
     items: Sequence[PromptedImage], builder: BatchBuilder, batch_size: int = 1, num_workers: int = 0
 ) -> DataLoader:
-    """Batches of ``items`` in order (``builder`` must keep the original images)."""
+    """Batches of ``items`` in order."""
     return DataLoader(
         PromptedImages(items),
         batch_size=batch_size,
@@ -313,9 +277,7 @@ class PredictDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.items = list(items)
-        self.builder = BatchBuilder(
-            build_preprocessor(encoder, tokenizer), backend_image_spec(backend), keep_images=True
-        )
+        self.builder = BatchBuilder(build_preprocessor(encoder, tokenizer), backend_image_spec(backend))
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def predict_dataloader(self) -> DataLoader:
@@ -323,6 +285,7 @@ class PredictDataModule(L.LightningDataModule):
 
 
 __all__ = [
+    "LoadedImage",
     "PredictBatches",
     "Prompt",
     "PredictDataModule",

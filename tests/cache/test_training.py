@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from evf.batch import Batch
 from evf.cache import CacheError, CacheMismatchError, EmbeddingStore
 from evf.cache.keys import cache_key
 from evf.cache.training import RECORD_KEY, module_cache_key
@@ -38,7 +39,7 @@ def _pair(checkpoint) -> tuple[EVFSAMModule, EVFSAMModule]:
     return live, cached
 
 
-def _batch(**dm_kwargs) -> dict:
+def _batch(**dm_kwargs) -> Batch:
     dm = shapes_dm(**dm_kwargs)
     val = dm.eval_datasets("validate")["shapes/val"]
     train = dm.train_dataset()
@@ -47,8 +48,8 @@ def _batch(**dm_kwargs) -> dict:
 
 def _loss(module, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
     with torch.no_grad():
-        logits = module._forward_batch(batch)
-    terms = mask_losses(logits, batch["masks"])
+        logits = [p.logits for p in module(batch)]
+    terms = mask_losses(logits, batch.masks)
     return logits, terms["bce"] + terms["dice"]
 
 
@@ -59,9 +60,9 @@ def test_cached_features_give_the_logits_and_loss_of_encoding_on_the_fly(
     root = store_factory(dtype)
     live, cached = _pair(sam_checkpoint)
     live_batch, cached_batch = _batch(), _batch(embedding_cache=root)
-    assert "sam_pixels" not in cached_batch and "image_features" not in live_batch
+    assert cached_batch.sam_pixels is None and live_batch.image_features is None
     assert (
-        cached_batch["image_features"]["image_embeddings"].dtype
+        cached_batch.image_features["image_embeddings"].dtype
         == EmbeddingStore(root).read(next(iter(EmbeddingStore(root).rows)))["image_embeddings"].dtype
     )
     live_logits, live_loss = _loss(live, live_batch)

@@ -1,0 +1,96 @@
+"""The one path from a `Batch` to masks: image features -> prompt tokens -> mask decoder ->
+logits at the original size.
+
+Training (`EVFSAMModule.training_step`), validation and test, ``evf predict``,
+`evf.predict_images` and `evf.Predictor` all call `decode`. It adds no autocast and no
+``no_grad``: callers choose (training needs gradients; prediction runs under ``torch.no_grad`` and
+an optional autocast).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from evf.batch import Batch
+from evf.model import EVFSAM
+from evf.sam_backends import ImageFeatures
+
+
+@dataclass
+class Prediction:
+    """Masks for the prompts of one image, at its original resolution.
+
+    Attributes:
+        logits: ``[n,H,W]`` float32 mask logits.
+        masks: ``[n,H,W]`` bool, ``logits > threshold``.
+        scores: ``[n]`` the decoder's predicted IoU of each mask.
+        presence: ``[n]`` probability that each prompt's target is in the image; None for models
+            without a presence head (read as 1.0).
+    """
+
+    logits: torch.Tensor
+    masks: torch.Tensor
+    scores: torch.Tensor
+    presence: torch.Tensor | None = None
+
+
+def image_features(model: EVFSAM, batch: Batch) -> ImageFeatures:
+    """The batch's image features: read from the store (``batch.image_features``) or computed by the
+    backend's image encoder, once per image, from ``batch.sam_pixels``."""
+    if batch.image_features is not None:
+        return batch.image_features
+    if batch.sam_pixels is None:
+        raise ValueError("a batch needs sam_pixels or image_features")
+    return model.encode_images(batch.sam_pixels.to(_dtype(model.backend)))
+
+
+def decode(
+    model: EVFSAM, batch: Batch, threshold: float = 0.0, features: ImageFeatures | None = None
+) -> list[Prediction]:
+    """One `Prediction` per image of ``batch``.
+
+    Args:
+        model: the model.
+        batch: images and prompts from `evf.batch.BatchBuilder`.
+        threshold: logit threshold of the masks.
+        features: this batch's image features when the caller already has them (`evf.Predictor`);
+            otherwise `image_features`.
+    """
+    if batch.num_images == 0:
+        return []
+    features = image_features(model, batch) if features is None else features
+    low_res, iou = _decode_groups(model, batch, features)
+    predictions = []
+    for i, (input_size, original_size) in enumerate(zip(batch.input_sizes, batch.original_sizes, strict=True)):
+        rows = batch.image_index == i
+        logits = model.backend.postprocess(low_res[rows].float(), tuple(input_size), tuple(original_size))
+        predictions.append(Prediction(logits=logits, masks=logits > threshold, scores=iou[rows].float()))
+    return predictions
+
+
+def _decode_groups(model: EVFSAM, batch: Batch, features: ImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-res logits ``[N,1,h,w]`` and predicted IoUs ``[N]`` of every prompt, one decoder call per
+    prompt group, in the batch's prompt order."""
+    encoder_pixels = batch.encoder_pixels.to(_dtype(model.encoder))
+    outputs = []
+    for group in batch.groups:
+        rows = group.rows
+        text = (batch.input_ids[rows], batch.attention_mask[rows]) if group.has_text else (None, None)
+        out = model(
+            None, encoder_pixels, *text, batch.image_index[rows], image_features=features,
+            points=group.points, boxes=group.boxes,
+        )  # fmt: skip
+        outputs.append((rows, out.logits, out.iou[:, 0]))
+    if len(outputs) == 1:  # one group holds every prompt in order (e.g. a training batch)
+        return outputs[0][1], outputs[0][2]
+    order = torch.cat([rows for rows, _, _ in outputs]).argsort()
+    return torch.cat([lg for _, lg, _ in outputs])[order], torch.cat([s for _, _, s in outputs])[order]
+
+
+def _dtype(module: torch.nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+__all__ = ["Prediction", "decode", "image_features"]

@@ -1,0 +1,101 @@
+"""`Predictor`: encode an image once, then answer any number of prompts in decoder time.
+
+As segment-anything keeps ``Sam`` and ``SamPredictor`` apart, `EVFSAM` stays a pure module and the
+predictor owns the image state: the image's inputs (`evf.batch.ImageInputs`) and its backend
+features. Prompts are in original-image pixels; `evf.batch.BatchBuilder` maps them into the
+backend's frame, and `evf.decode.decode` turns them into masks::
+
+    predictor = evf.Predictor(model)
+    predictor.set_image(image)                       # uint8 [H,W,3] RGB; the image encoder runs here
+    predictor.predict(["the dog", "the red car"])    # decoder time
+    predictor.predict([evf.Prompt("the cat", box=(10, 20, 200, 180)), evf.Prompt(points=((50, 60),))])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import ContextManager
+
+import numpy as np
+import torch
+
+from evf.batch import BatchBuilder, ImageInputs
+from evf.decode import Prediction, decode
+from evf.model import EVFSAM
+from evf.prompts import Prompt
+from evf.sam_backends import ImageFeatures
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+    """``torch.autocast`` to ``dtype``, or no context at all for None (an enclosing autocast stays on;
+    ``autocast(enabled=False)`` would switch it off)."""
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+class Predictor:
+    """Text, point, box and mixed prompts on one image at a time.
+
+    Args:
+        model: the model (its device is used; put it in eval mode for inference).
+        threshold: logit threshold of the masks.
+        dtype: compute dtype under ``torch.autocast`` (e.g. ``torch.bfloat16``), weights unchanged;
+            None adds no autocast: the weights' own dtype (``model.to(torch.bfloat16)`` runs
+            all-bf16), or an enclosing autocast, decides. Logits come back as float32 either way.
+    """
+
+    def __init__(self, model: EVFSAM, threshold: float = 0.0, dtype: torch.dtype | None = None) -> None:
+        self.model = model
+        self.threshold = threshold
+        self.dtype = dtype
+        self.builder = BatchBuilder(model.encoder.preprocessor, model.backend.info.image)
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._image is not None
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray, features: ImageFeatures | None = None) -> None:
+        """Preprocess ``image`` (uint8 ``[H,W,3]`` RGB) and run the backend's image encoder on it once,
+        unless its ``features`` (each ``[1,*shape]``, e.g. from an embedding store) are given."""
+        self._image = self.builder.images([image])
+        if features is None:
+            with autocast_to(self.device, self.dtype):
+                features = self.model.encode_images(
+                    self._image.sam_pixels.to(self.device, next(self.model.backend.parameters()).dtype)
+                )
+        self._features = {k: v.to(self.device) for k, v in features.items()}
+
+    def reset_image(self) -> None:
+        """Forget the current image and its features."""
+        self._image: ImageInputs | None = None
+        self._features: ImageFeatures | None = None
+
+    @torch.no_grad()
+    def predict(self, prompts: str | Prompt | Sequence[str | Prompt]) -> Prediction:
+        """Masks for ``prompts`` (expressions and/or `Prompt` s) on the current image, in order.
+
+        Prompts of one kind (`Prompt.kind`) decode together; each gets exactly the decoder tokens
+        it would get alone.
+
+        Raises:
+            RuntimeError: no image set.
+            ValueError: no prompts, or a malformed one.
+        """
+        if self._image is None or self._features is None:
+            raise RuntimeError("call set_image(image) before predict(prompts)")
+        prompts = [prompts] if isinstance(prompts, str | Prompt) else list(prompts)
+        if not prompts:
+            raise ValueError("predict needs at least one prompt (text, points or a box)")
+        prompts = [p if isinstance(p, Prompt) else Prompt(p) for p in prompts]
+        batch = self.builder.prompt_batch(self._image, [prompts], ["image"]).to(self.device)
+        with autocast_to(self.device, self.dtype):
+            return decode(self.model, batch, self.threshold, features=self._features)[0]
+
+
+__all__ = ["Predictor", "autocast_to"]

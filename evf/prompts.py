@@ -1,0 +1,66 @@
+"""`Prompt`: one thing to segment in an image (an expression, points and/or a box).
+
+A model-level type: the batch builder, the decode path, `evf.Predictor`, ``evf predict`` and the
+manifests all speak it. Coordinates are original-image pixels; `evf.batch` maps them into the
+backend's input frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Prompt:
+    """One thing to segment: an expression, points and/or a box (original-image pixels).
+
+    Raises ValueError (at construction) for a prompt with nothing in it, points and labels of
+    different counts, labels other than 0/1, or a box that is not ``x0 <= x1, y0 <= y1``.
+    """
+
+    text: str | None = None
+    points: tuple[tuple[float, float], ...] = ()
+    point_labels: tuple[int, ...] = ()  # default: every point foreground
+    box: tuple[float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        text = self.text.strip() if self.text else None
+        self.text = text or None
+        points = tuple((float(x), float(y)) for x, y in self.points)
+        labels = tuple(int(v) for v in self.point_labels) or (1,) * len(points)
+        self.points = points
+        self.point_labels = labels
+        if not (self.text or points or self.box is not None):
+            raise ValueError("a prompt needs a text, points or a box")
+        if len(labels) != len(points):
+            raise ValueError(f"{len(points)} point(s) but {len(labels)} label(s)")
+        if set(labels) - {0, 1}:
+            raise ValueError(f"point labels must be 1 (foreground) or 0 (background), got {list(labels)}")
+        if self.box is not None:
+            box = tuple(float(v) for v in self.box)
+            if len(box) != 4 or box[0] > box[2] or box[1] > box[3]:
+                raise ValueError(f"a box is x0, y0, x1, y1 with x0 <= x1 and y0 <= y1, got {list(self.box)}")
+            self.box = box
+
+    @property
+    def text_only(self) -> bool:
+        return self.text is not None and not self.points and self.box is None
+
+    def record(self) -> dict[str, Any]:
+        """The prompt's fields for ``predictions.json`` (``prompt`` is the text or null)."""
+        out: dict[str, Any] = {"prompt": self.text}
+        if self.points:
+            out["points"], out["point_labels"] = [list(p) for p in self.points], list(self.point_labels)
+        if self.box is not None:
+            out["box"] = list(self.box)
+        return out
+
+    @property
+    def kind(self) -> tuple[bool, bool, int]:
+        """``(has text, has box, point count)``: prompts of one kind decode together, each with
+        exactly the decoder tokens it would get alone (no padding between prompts)."""
+        return self.text is not None, self.box is not None, len(self.points)
+
+
+__all__ = ["Prompt"]
