@@ -33,8 +33,9 @@ from safetensors.torch import load_file, save_file
 
 import evf
 from evf.assets import SHAPES_TOKENIZER
+from evf.encoders.beit3.release import write_tokenizer
 from evf.pretrained import use_inference_preprocessing
-from evf.tools.export import export_release, write_tokenizer
+from evf.tools.export import export_release
 
 DIM = 64
 ENCODER_KWARGS = {"embed_dim": DIM, "depth": 2, "num_heads": 2}

@@ -102,8 +102,8 @@ class Batch:
         ]
 
     def to(self, device: torch.device | str) -> Batch:
-        """A copy with every tensor on ``device`` (Lightning calls it through
-        `EVFSAMModule.transfer_batch_to_device`)."""
+        """A copy with every tensor on ``device``. Lightning moves batches with it: its
+        ``move_data_to_device`` calls the ``.to`` of any object that has one."""
         moved: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -160,7 +160,9 @@ class BatchBuilder:
             check_rgb_uint8(image)
         encoder_size = self.encoder.image.size
         out = ImageInputs(
-            encoder_pixels=_stack([self.encoder.transform_image(im) for im in images], (3, encoder_size, encoder_size)),
+            encoder_pixels=_stack(
+                [self.encoder.transform_image(im) for im in images], (3, encoder_size, encoder_size)
+            ),
             input_sizes=[self.backend_image.resized_size(*im.shape[:2]) for im in images],
             original_sizes=[tuple(im.shape[:2]) for im in images],
         )
@@ -173,7 +175,9 @@ class BatchBuilder:
             out.image_features = {k: torch.stack([r[k] for r in rows]) for k in rows[0]} if rows else {}
         return out
 
-    def text_batch(self, images: ImageInputs, texts: Sequence[Sequence[str]], image_ids: Sequence[str]) -> Batch:
+    def text_batch(
+        self, images: ImageInputs, texts: Sequence[Sequence[str]], image_ids: Sequence[str]
+    ) -> Batch:
         """Expressions only, per image: one text group over all of them."""
         flat = [t for per_image in texts for t in per_image]
         batch = self._batch(images, flat, [len(t) for t in texts], image_ids)
@@ -193,17 +197,22 @@ class BatchBuilder:
         for row, (_, p) in enumerate(flat):
             rows_by_kind.setdefault(p.kind, []).append(row)
         batch.groups = [
-            self._group(rows, [flat[r] for r in rows], images.original_sizes) for rows in rows_by_kind.values()
+            self._group(rows, [flat[r] for r in rows], images.original_sizes)
+            for rows in rows_by_kind.values()
         ]
         return batch
 
-    def _batch(self, images: ImageInputs, texts: list[str], counts: list[int], image_ids: Sequence[str]) -> Batch:
+    def _batch(
+        self, images: ImageInputs, texts: list[str], counts: list[int], image_ids: Sequence[str]
+    ) -> Batch:
         tokens = self.encoder.tokenize(texts) if texts else _no_tokens()
         return Batch(
             encoder_pixels=images.encoder_pixels,
             input_ids=tokens["input_ids"],
             attention_mask=tokens["attention_mask"],
-            image_index=torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long)),
+            image_index=torch.repeat_interleave(
+                torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long)
+            ),
             groups=[],
             input_sizes=list(images.input_sizes),
             original_sizes=list(images.original_sizes),
@@ -237,7 +246,10 @@ def _stack(tensors: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _no_tokens() -> dict[str, torch.Tensor]:
-    return {"input_ids": torch.zeros(0, 0, dtype=torch.long), "attention_mask": torch.zeros(0, 0, dtype=torch.long)}
+    return {
+        "input_ids": torch.zeros(0, 0, dtype=torch.long),
+        "attention_mask": torch.zeros(0, 0, dtype=torch.long),
+    }
 
 
 __all__ = ["Batch", "BatchBuilder", "ImageInputs", "PromptGroup"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from evf.datamodules import EVFDataModule
@@ -94,7 +95,7 @@ class EVFCLI(LightningCLI):
             group.add_argument("--box", help="x0,y0,x1,y1 in image pixels.")
             group.add_argument("--manifest", help="JSON or CSV file mapping images to their own prompts.")
             group.add_argument("--output", default="predictions", help="Folder for the PNGs and JSON files.")
-            group.add_argument("--batch_size", type=int, default=1, help="Images per forward pass.")
+            group.add_argument("--batch_size", type=PositiveInt, default=1, help="Images per forward pass.")
         return parser
 
     def predict(self, model: EVFSAMModule, datamodule=None, **kwargs) -> None:
@@ -105,13 +106,17 @@ class EVFCLI(LightningCLI):
         if not cfg.get("image") and not cfg.get("manifest"):
             self.trainer.predict(model, datamodule=datamodule, **kwargs)
             return
-        items = collect_inputs(
-            cfg.get("image") or [],
-            cfg.get("prompt") or [],
-            cfg.get("manifest"),
-            cfg.get("point") or [],
-            cfg.get("box"),
-        )
+        try:
+            items = collect_inputs(
+                cfg.get("image") or [],
+                cfg.get("prompt") or [],
+                cfg.get("manifest"),
+                cfg.get("point") or [],
+                cfg.get("box"),
+            )
+        except (ValueError, OSError) as err:  # a malformed point, box or manifest: its message, no traceback
+            print(f"evf predict: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
         hp = model.hparams
         data = PredictDataModule(items, hp.encoder, hp.backend, hp.tokenizer, batch_size=cfg["batch_size"])
         writer = MaskWriter(cfg["output"])

@@ -63,7 +63,9 @@ def decode(
     features = image_features(model, batch) if features is None else features
     low_res, iou = _decode_groups(model, batch, features)
     predictions = []
-    for i, (input_size, original_size) in enumerate(zip(batch.input_sizes, batch.original_sizes, strict=True)):
+    for i, (input_size, original_size) in enumerate(
+        zip(batch.input_sizes, batch.original_sizes, strict=True)
+    ):
         rows = batch.image_index == i
         logits = model.backend.postprocess(low_res[rows].float(), tuple(input_size), tuple(original_size))
         predictions.append(Prediction(logits=logits, masks=logits > threshold, scores=iou[rows].float()))

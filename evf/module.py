@@ -11,11 +11,11 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from evf.batch import Batch
 from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder_record, restore_image_encoder
+from evf.decode import Prediction, decode
 from evf.losses import mask_losses
 from evf.metrics import ReferringIoU
-from evf.batch import Batch
-from evf.decode import Prediction, decode
 from evf.model import EVFSAM, TrainableParts, create_model
 from evf.pretrained import ReleaseConfig, load_release_weights
 from evf.results import write_results
@@ -164,11 +164,6 @@ class EVFSAMModule(L.LightningModule):
         """Per image, logits ``[n_i,H_i,W_i]`` at the original resolution, masks and scores
         (`evf.decode.decode`: the path prediction takes too)."""
         return decode(self.model, batch)
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        if isinstance(batch, Batch):
-            return batch.to(device)
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         logits = [p.logits for p in self(batch)]

@@ -14,8 +14,7 @@ backend's frame, and `evf.decode.decode` turns them into masks::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
-from typing import ContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from evf.prompts import Prompt
 from evf.sam_backends import ImageFeatures
 
 
-def autocast_to(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+def autocast_to(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
     """``torch.autocast`` to ``dtype``, or no context at all for None (an enclosing autocast stays on;
     ``autocast(enabled=False)`` would switch it off)."""
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)

@@ -15,14 +15,15 @@ BEIT-3-L) holds:
 * the XLM-R tokenizer: ``sentencepiece.bpe.model`` and/or ``tokenizer.json``.
 
 Loading goes through one `CheckpointFormat` per backend family (``evf_release_<family>``), composed
-from the existing tables with prefixes (`release_format`), and is strict. Torch files are read with
-``weights_only=True``.
+with prefixes (`release_format`) from what each family declares: the encoder's release rules
+(`MultimodalEncoder.release_rules`) and the backend family's `ReleaseLayout` (`BackendInfo.release`).
+It is strict. Torch files are read with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,75 +39,27 @@ from evf.checkpoint import (
     read_state_dict,
 )
 from evf.encoders import ENCODERS
-from evf.encoders.beit3 import BEiT3Encoder, beit3_rules
 from evf.model import EVFSAM, create_model
-from evf.sam_backends import BACKENDS, SamBackend
-from evf.sam_backends.base import state_hash
-from evf.sam_backends.efficient_sam import EFFICIENT_SAM
-from evf.sam_backends.sam import SEGMENT_ANYTHING
-from evf.sam_backends.sam2 import SAM2_CHECKPOINT
+from evf.sam_backends import BACKENDS, ReleaseLayout, SamBackend
+from evf.sam_backends.base import AbsentImageEncoder
 
 CONFIG_NAME = "config.json"
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")  # in order of preference, each maybe sharded
 ENCODER_PREFIX = "mm_extractor.beit3."
 BACKEND_PREFIX = "visual_model."
 PROJECTOR_RULES = (Rule(r"text_hidden_fcs\.0\.(0|2)\.(weight|bias)", r"projector.\1.\2"),)
-ENCODER_SCALES = {"base": "beit3_base", "large": "beit3_large"}  # mm_extractor_scale -> encoder
-
-# EVF-SAM's inference.py (and demo.py) resize SAM-2 and EfficientSAM inputs as a uint8 tensor with
-# F.interpolate (bilinear, no antialiasing) straight to 1024 x 1024; its training/eval pipelines, which
-# our backends follow, differ (PIL; EfficientSAM: longest side first). See docs/pretrained.md.
-_UINT8_SQUARE = {"resize": "square", "resampler": "torch_uint8", "interpolation": "bilinear"}
 
 
-@dataclass(frozen=True)
-class ReleaseFamily:
-    """How one SAM family appears in a release.
-
-    Attributes:
-        architecture: ``architectures[0]`` of its config.json.
-        scales: ``sam_scale`` -> registered backend name (the scales the official code builds).
-        format: the family's own official checkpoint format, whose keys sit under ``visual_model.``.
-        root: the attribute of our backend that ``format`` loads into.
-        export_rules: the inverse of ``format`` for what we build (our root's keys -> ``visual_model.*``).
-        marker: a key that only this family's releases hold (confirms the config from the weights).
-        inference_image: `ImageSpec` fields of EVF-SAM's ``inference.py`` where they differ from the
-            backend's registered (training) preprocessing.
-    """
-
-    architecture: str
-    scales: dict[str, str]
-    format: CheckpointFormat
-    root: str
-    export_rules: tuple[Rule, ...]
-    marker: str
-    inference_image: dict[str, Any] = field(default_factory=dict)
+def release_layouts() -> dict[str, ReleaseLayout]:
+    """Backend family -> its `ReleaseLayout`, for every registered family that declares one."""
+    infos = (BACKENDS.info(name) for name in BACKENDS.names())
+    return {info.family: info.release for info in infos if info.release is not None}
 
 
-_SAME_KEYS = (Rule(r"((image_encoder|prompt_encoder|mask_decoder)\..+)", BACKEND_PREFIX + r"\1"),)
-FAMILIES: dict[str, ReleaseFamily] = {
-    "sam": ReleaseFamily(
-        "EvfSamModel", {"huge": "sam_vit_h"}, SEGMENT_ANYTHING, "sam", _SAME_KEYS,
-        marker="visual_model.prompt_encoder.no_mask_embed.weight",
-    ),
-    "sam2": ReleaseFamily(
-        "EvfSam2Model", {"large": "sam2_hiera_l", "tiny": "sam2_hiera_t"}, SAM2_CHECKPOINT, "sam2",
-        (
-            Rule(r"image_encoder\.backbone\.(.+)", BACKEND_PREFIX + r"image_encoder.\1"),
-            Rule(r"image_encoder\.no_mem_embed", BACKEND_PREFIX + "no_mem_embed"),
-            Rule(r"prompt_encoder\.(.+)", BACKEND_PREFIX + r"sam_prompt_encoder.\1"),
-            Rule(r"mask_decoder\.(.+)", BACKEND_PREFIX + r"sam_mask_decoder.\1"),
-        ),
-        marker="visual_model.sam_prompt_encoder.no_mask_embed.weight",
-        inference_image=_UINT8_SQUARE,
-    ),
-    "efficient_sam": ReleaseFamily(
-        "EvfEffiSamModel", {"tiny": "efficient_sam_vitt", "small": "efficient_sam_vits"}, EFFICIENT_SAM,
-        "sam", _SAME_KEYS, marker="visual_model.prompt_encoder.invalid_points.weight",
-        inference_image=_UINT8_SQUARE,
-    ),
-}  # fmt: skip
-_BY_ARCHITECTURE = {f.architecture: name for name, f in FAMILIES.items()}
+def encoder_scales() -> dict[str, str]:
+    """``mm_extractor_scale`` -> registered encoder name, from every encoder family with a release form."""
+    releases = (ENCODERS.info(name).release for name in ENCODERS.names())
+    return {scale: name for r in releases if r is not None for scale, name in r.scales.items()}
 
 
 @dataclass(frozen=True)
@@ -114,7 +67,7 @@ class ReleaseConfig:
     """What config.json says, resolved to registry names.
 
     Attributes:
-        family: key of `FAMILIES`.
+        family: the backend family (a key of `release_layouts`).
         encoder, backend: registered names.
         encoder_kwargs, backend_kwargs: factory options (``evf_*_kwargs``; empty for official releases).
         hidden_size, out_dim: projector widths the weights must have.
@@ -139,19 +92,21 @@ class ReleaseConfig:
             )
         cfg = json.loads(path.read_text())
         arch = (cfg.get("architectures") or [None])[0]
-        if arch not in _BY_ARCHITECTURE:
+        layouts = release_layouts()
+        by_architecture = {layout.architecture: family for family, layout in layouts.items()}
+        if arch not in by_architecture:
             raise CheckpointError(
-                f"{path}: architectures={cfg.get('architectures')!r}; known: {sorted(_BY_ARCHITECTURE)}"
+                f"{path}: architectures={cfg.get('architectures')!r}; known: {sorted(by_architecture)}"
             )
-        family = _BY_ARCHITECTURE[arch]
-        backend = _resolve(path, cfg, "evf_backend", "sam_scale", FAMILIES[family].scales)
+        family = by_architecture[arch]
+        backend = _resolve(path, cfg, "evf_backend", "sam_scale", layouts[family].scales)
         if BACKENDS.info(backend).family != family:
             raise CheckpointError(
                 f"{path}: evf_backend {backend!r} is a {BACKENDS.info(backend).family} backend, "
                 f"but architectures names {arch} ({family})"
             )
-        encoder = _resolve(path, cfg, "evf_encoder", "mm_extractor_scale", ENCODER_SCALES)
-        if ENCODERS.info(encoder).family != "beit3":
+        encoder = _resolve(path, cfg, "evf_encoder", "mm_extractor_scale", encoder_scales())
+        if ENCODERS.info(encoder).release is None:
             raise CheckpointError(f"{path}: evf_encoder {encoder!r} is not a BEIT-3 encoder")
         return cls(
             family, encoder, backend, dict(cfg.get("evf_encoder_kwargs") or {}),
@@ -181,33 +136,31 @@ def _resolve(path: Path, cfg: dict, name_key: str, scale_key: str, scales: dict[
     return name if name is not None else scales[scale]
 
 
-def release_family(backend: SamBackend) -> tuple[str, ReleaseFamily]:
-    """The family of ``backend`` in `FAMILIES`; other backends have no released layout."""
-    family = backend.info.family
-    if family not in FAMILIES:
+def release_layout(backend: SamBackend) -> ReleaseLayout:
+    """The `ReleaseLayout` of ``backend``'s family; other families have no released layout."""
+    if backend.info.release is None:
         raise CheckpointError(
-            f"backend family {family!r} has no EVF-SAM release layout; known: {sorted(FAMILIES)}"
+            f"backend family {backend.info.family!r} has no EVF-SAM release layout; "
+            f"known: {sorted(release_layouts())}"
         )
-    return family, FAMILIES[family]
+    return backend.info.release
 
 
 def release_format(model: EVFSAM) -> CheckpointFormat:
-    """``evf_release_<family>``: BEIT-3 rules under ``mm_extractor.beit3.`` (dropping what the
-    encoder's fusion plan does not build) into ``encoder.``, the backend family's official rules
-    under ``visual_model.`` into ``backend.<root>.``, and the projector rule."""
-    if not isinstance(model.encoder, BEiT3Encoder):
-        raise CheckpointError(
-            f"released EVF-SAM checkpoints hold BEIT-3; this model has {type(model.encoder).__name__}"
-        )
-    name, family = release_family(model.backend)
-    target = f"backend.{family.root}."
+    """``evf_release_<family>``: the encoder's release rules under ``mm_extractor.beit3.`` (dropping
+    what it does not build) into ``encoder.``, the backend family's official rules under
+    ``visual_model.`` into ``backend.<core>.``, and the projector rule."""
+    encoder_rules = model.encoder.release_rules(ENCODER_PREFIX)
+    layout = release_layout(model.backend)
+    target = f"backend.{model.backend.core}."
     rules = (
-        *prefix_rules(beit3_rules(ENCODER_PREFIX, model.encoder.plan), target="encoder."),
-        *prefix_rules(family.format.rules, source=BACKEND_PREFIX, target=target),
+        *prefix_rules(encoder_rules, target="encoder."),
+        *prefix_rules(layout.format.rules, source=BACKEND_PREFIX, target=target),
         *PROJECTOR_RULES,
     )
-    allow = tuple(target + glob for glob in family.format.allow_missing)
-    return CheckpointFormat(name=f"evf_release_{name}", rules=rules, containers=(), allow_missing=allow)
+    allow = tuple(target + glob for glob in layout.format.allow_missing)
+    name = f"evf_release_{model.backend.info.family}"
+    return CheckpointFormat(name=name, rules=rules, containers=(), allow_missing=allow)
 
 
 def read_release_state(directory: str | Path) -> StateDict:
@@ -256,31 +209,31 @@ def load_release_weights(model: EVFSAM, directory: str | Path, config: ReleaseCo
     """
     directory = Path(directory)
     fmt = release_format(model)
-    name, family = release_family(model.backend)
     if config is not None:
         _check_widths(directory, model, config)
     state = read_release_state(directory)
-    if family.marker not in state:
-        found = [n for n, f in FAMILIES.items() if f.marker in state]
-        raise CheckpointError(
-            f"{directory}: config/model say {family.architecture} ({name}), "
-            f"but the weights lack {family.marker}"
-            + (f" and look like {found[0]} (they hold {FAMILIES[found[0]].marker})" if found else "")
-        )
+    _check_family(directory, model.backend, state)
     mapped = fmt.remap(state, source=str(directory))
-    if not model.backend.has_image_encoder:
-        mapped = _hash_image_encoder(model, f"backend.{family.root}.image_encoder.", mapped, directory)
+    image_encoder = model.backend.image_encoder
+    if isinstance(image_encoder, AbsentImageEncoder):  # embedding-cache mode: hashed, not loaded
+        prefix = f"backend.{model.backend.core}.image_encoder."
+        mapped = image_encoder.take_weights(mapped, prefix, source=str(directory))
     load_strict(model, mapped, fmt, source=str(directory))
 
 
-def _hash_image_encoder(model: EVFSAM, prefix: str, state: StateDict, directory: Path) -> StateDict:
-    """Embedding-cache mode (no image encoder built): the release's image-encoder tensors are hashed
-    into the stand-in's ``weights_hash``, which the cache checks its features against, not loaded."""
-    encoder_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    if not encoder_state:
-        raise CheckpointError(f"{directory}: no image encoder tensors ({prefix}*)")
-    model.backend.image_encoder.weights_hash = state_hash(encoder_state)
-    return {k: v for k, v in state.items() if not k.startswith(prefix)}
+def _check_family(directory: Path, backend: SamBackend, state: StateDict) -> None:
+    """Raise unless the weights hold the marker key of ``backend``'s family, naming the family they
+    look like instead."""
+    layout = release_layout(backend)
+    if BACKEND_PREFIX + layout.marker in state:
+        return
+    markers = {family: BACKEND_PREFIX + other.marker for family, other in release_layouts().items()}
+    found = [family for family, marker in markers.items() if marker in state]
+    raise CheckpointError(
+        f"{directory}: config/model say {layout.architecture} ({backend.info.family}), "
+        f"but the weights lack {BACKEND_PREFIX + layout.marker}"
+        + (f" and look like {found[0]} (they hold {markers[found[0]]})" if found else "")
+    )
 
 
 def _check_widths(directory: Path, model: EVFSAM, config: ReleaseConfig) -> None:
@@ -295,10 +248,10 @@ def _check_widths(directory: Path, model: EVFSAM, config: ReleaseConfig) -> None
 
 def use_inference_preprocessing(model: EVFSAM) -> None:
     """Give ``model`` (its backend instance) the image preprocessing of EVF-SAM's ``inference.py``."""
-    _, family = release_family(model.backend)
-    if family.inference_image:
+    layout = release_layout(model.backend)
+    if layout.inference_image:
         info = model.backend.info
-        model.backend.info = replace(info, image=replace(info.image, **family.inference_image))
+        model.backend.info = replace(info, image=replace(info.image, **layout.inference_image))
 
 
 def load_pretrained(
@@ -339,11 +292,12 @@ def load_pretrained(
 
 
 __all__ = [
-    "FAMILIES",
     "ReleaseConfig",
-    "ReleaseFamily",
+    "encoder_scales",
     "load_pretrained",
     "load_release_weights",
     "read_release_state",
     "release_format",
+    "release_layout",
+    "release_layouts",
 ]

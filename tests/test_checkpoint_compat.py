@@ -34,7 +34,9 @@ def _same(ours, theirs):
     assert ours["rle"] == theirs["rle"] and ours["area"] == theirs["area"] > 0
     assert abs(ours["score"] - theirs["score"]) < 1e-5
     drop = ("score", "image")
-    assert {k: v for k, v in ours.items() if k not in drop} == {k: v for k, v in theirs.items() if k not in drop}
+    assert {k: v for k, v in ours.items() if k not in drop} == {
+        k: v for k, v in theirs.items() if k not in drop
+    }
 
 
 def test_evf_predict_writes_the_same_masks_and_scores(tmp_path):
@@ -56,11 +58,18 @@ def test_mixed_prompts_give_the_same_logits():
     model = _model().model
     expected = dict(np.load(FIXTURE / "expected_logits.npz"))
     # b.png's text-only prompt: now as the old code answered it alone (see the test above).
-    expected["logits_1"][0], expected["scores_1"][0] = expected["alone_logits_1_0"][0], expected["alone_scores_1_0"][0]
+    expected["logits_1"][0], expected["scores_1"][0] = (
+        expected["alone_logits_1_0"][0],
+        expected["alone_scores_1_0"][0],
+    )
     for k, item in enumerate(read_manifest(FIXTURE / "manifest.json")):
         result = predict_prompts(model, read_rgb(item.path), item.prompts)
-        torch.testing.assert_close(result.logits, torch.from_numpy(expected[f"logits_{k}"]), atol=1e-4, rtol=1e-5)
-        torch.testing.assert_close(result.scores, torch.from_numpy(expected[f"scores_{k}"]), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            result.logits, torch.from_numpy(expected[f"logits_{k}"]), atol=1e-4, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            result.scores, torch.from_numpy(expected[f"scores_{k}"]), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_training_batch_gives_the_same_loss_and_logits():

@@ -80,7 +80,7 @@ def _unbuilt_names(depth: int) -> set[str]:
 @pytest.mark.reference
 def test_official_beit3_reads_the_export_strictly_and_ignores_the_zero_placeholders(tmp_path):
     model = perturb(evf.create_model("beit3_tiny", "sam_tiny"), seed=3).eval()
-    state, zero_filled = release_state_dict(model, "beit3_tiny", {})
+    state, zero_filled = release_state_dict(model)
     assert set(zero_filled) == _unbuilt_names(TINY_BEIT3["depth"])
     assert all(not state[k].any() for k in zero_filled)
     export_release(model, tmp_path, "beit3_tiny", "sam_tiny")

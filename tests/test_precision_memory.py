@@ -66,7 +66,9 @@ def test_compile_encoder_compiles_in_place_and_keeps_checkpoint_keys():
 def test_encoder_traces_as_one_graph(shapes_batch):
     """What `compile_encoder` compiles has no graph break (each would split the compiled program)."""
     encoder = evf.create_encoder("beit3_tiny", grad_checkpointing=True).train()
-    inputs = [getattr(shapes_batch, k) for k in ("encoder_pixels", "input_ids", "attention_mask", "image_index")]
+    inputs = [
+        getattr(shapes_batch, k) for k in ("encoder_pixels", "input_ids", "attention_mask", "image_index")
+    ]
     explained = torch._dynamo.explain(encoder)(*inputs)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 

@@ -178,7 +178,7 @@ def test_efficient_sam_release_round_trips_the_source_weights(tmp_path):
     source = perturb(evf.create_model("beit3_tiny", "efficient_sam_tiny"), seed=8).eval()
     from evf.tools.export import release_state_dict
 
-    state, _ = release_state_dict(source, "beit3_tiny", {})
+    state, _ = release_state_dict(source)
     official = {f"visual_model.{k}": v for k, v in source.backend.sam.state_dict().items()}
     assert {k: v for k, v in state.items() if k.startswith("visual_model.")}.keys() == official.keys()
     write_release(
@@ -202,6 +202,19 @@ def test_config_and_weights_of_different_families_is_an_error(official_sam, tmp_
     _tokenizer_files(tmp_path)
     with pytest.raises(CheckpointError, match="EvfSam2Model.*look like sam "):
         evf.load_pretrained(tmp_path)
+
+
+def test_a_model_without_a_released_layout_is_an_error():
+    from dataclasses import replace
+
+    from evf.pretrained import release_format
+
+    with pytest.raises(CheckpointError, match="hold BEIT-3; this model has CLIPEncoder"):
+        release_format(evf.create_model("clip_tiny", "sam_tiny"))
+    model = evf.create_model("beit3_tiny", "sam_tiny")
+    model.backend.info = replace(model.backend.info, release=None)
+    with pytest.raises(CheckpointError, match="'sam' has no EVF-SAM release layout"):
+        release_format(model)
 
 
 @pytest.mark.parametrize(

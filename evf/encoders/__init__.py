@@ -13,7 +13,14 @@ from evf.encoders import (
     clip,  # noqa: F401  (registers the CLIP family)
     vilt,  # noqa: F401  (registers the ViLT family)
 )
-from evf.encoders.base import ENCODERS, EncoderInfo, EncoderPreprocessor, MultimodalEncoder, Tokenizer
+from evf.encoders.base import (
+    ENCODERS,
+    EncoderInfo,
+    EncoderPreprocessor,
+    EncoderRelease,
+    MultimodalEncoder,
+    Tokenizer,
+)
 
 
 def create_encoder(name: str, **kwargs) -> MultimodalEncoder:
@@ -35,6 +42,7 @@ __all__ = [
     "ENCODERS",
     "EncoderInfo",
     "EncoderPreprocessor",
+    "EncoderRelease",
     "MultimodalEncoder",
     "Tokenizer",
     "build_preprocessor",

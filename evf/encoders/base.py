@@ -1,4 +1,9 @@
-"""The interface every multimodal encoder implements, and the metadata it registers with."""
+"""The interface every multimodal encoder implements, and the metadata it registers with.
+
+A family that EVF-SAM released checkpoints of (BEIT-3) declares how they hold it (`EncoderRelease`,
+in its `EncoderInfo`); `evf.pretrained` and ``evf export`` reach it through the encoder's
+``release_*`` methods without knowing the family.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from evf.checkpoint import CheckpointError, Rule, StateDict
 from evf.preprocessing import ImageSpec
 from evf.registry import Registry
 
@@ -26,6 +32,28 @@ class Tokenizer(Protocol):
         ...
 
 
+@dataclass(frozen=True, eq=False)
+class EncoderRelease:
+    """How an encoder family is stored as the multimodal extractor of EVF-SAM's released checkpoints.
+    One object per family, compared by identity (so that `EncoderInfo` stays hashable). Each callable
+    takes the built encoder first.
+
+    Attributes:
+        scales: config.json's ``mm_extractor_scale`` -> registered encoder name.
+        rules: ``(encoder, prefix) -> rules`` from the released keys under ``prefix`` to the
+            encoder's keys (dropping on purpose what the encoder does not build).
+        export: ``(encoder, prefix) -> (tensors, placeholders)``: the encoder's tensors under their
+            released names, with zeros for the released tensors it does not build, and the names of
+            those; raises `CheckpointError` when the released layout cannot describe the encoder.
+        write_tokenizer: ``(encoder, directory)``: writes the tokenizer files a release holds.
+    """
+
+    scales: dict[str, str]
+    rules: Callable[[Any, str], tuple[Rule, ...]]
+    export: Callable[[Any, str], tuple[StateDict, list[str]]]
+    write_tokenizer: Callable[[Any, Path], None]
+
+
 @dataclass(frozen=True)
 class EncoderInfo:
     """What the data side needs to know about an encoder without building its weights.
@@ -35,11 +63,13 @@ class EncoderInfo:
         image: the encoder's image preprocessing.
         build_tokenizer: ``tokenizer path or None -> Tokenizer``; a family without a built-in
             vocabulary raises a clear error when the path is missing.
+        release: the family's form in released EVF-SAM checkpoints; None: it has none.
     """
 
     family: str
     image: ImageSpec
     build_tokenizer: Callable[[str | Path | None], Tokenizer]
+    release: EncoderRelease | None = None
 
 
 class EncoderPreprocessor:
@@ -50,6 +80,7 @@ class EncoderPreprocessor:
     """
 
     def __init__(self, info: EncoderInfo, tokenizer_path: str | Path | None = None) -> None:
+        self.info = info
         self.image = info.image
         self._build_tokenizer = info.build_tokenizer
         self._tokenizer_path = tokenizer_path
@@ -97,6 +128,27 @@ class MultimodalEncoder(nn.Module, ABC):
         Returns:
             ``[N, feature_dim]`` features.
         """
+
+    def release_rules(self, prefix: str) -> tuple[Rule, ...]:
+        """Rules from a released EVF-SAM checkpoint's extractor keys under ``prefix`` to this encoder's."""
+        return self._release().rules(self, prefix)
+
+    def release_state(self, prefix: str) -> tuple[StateDict, list[str]]:
+        """This encoder's tensors as a release names them under ``prefix``, with zero placeholders for
+        the released tensors it does not build; and the placeholders' names."""
+        return self._release().export(self, prefix)
+
+    def write_release_tokenizer(self, directory: Path) -> None:
+        """Write the tokenizer files of a release into ``directory``."""
+        self._release().write_tokenizer(self, directory)
+
+    def _release(self) -> EncoderRelease:
+        release = self.preprocessor.info.release
+        if release is None:
+            raise CheckpointError(
+                f"released EVF-SAM checkpoints hold BEIT-3; this model has {type(self).__name__}"
+            )
+        return release
 
 
 ENCODERS: Registry[MultimodalEncoder, EncoderInfo] = Registry("encoder", "evf.encoders")

@@ -16,6 +16,7 @@ from evf.sam_backends.base import (
     DecoderOutput,
     ImageFeatures,
     PointPrompts,
+    ReleaseLayout,
     SamBackend,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "DecoderOutput",
     "ImageFeatures",
     "PointPrompts",
+    "ReleaseLayout",
     "SamBackend",
     "backend_image_spec",
     "create_backend",

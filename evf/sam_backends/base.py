@@ -2,26 +2,62 @@
 
 A backend owns its preprocessing, its (usually frozen) image encoder, its prompt encoder and mask
 decoder, and its postprocessing. The text enters as extra sparse prompt tokens; nothing outside
-`evf.sam_backends` knows which backend is in use.
+`evf.sam_backends` knows which backend is in use. A family that EVF-SAM released checkpoints of
+declares how they are laid out (`ReleaseLayout`, in its `BackendInfo`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
-from evf.checkpoint import CheckpointError, CheckpointFormat, load_checkpoint, load_strict, read_state_dict
+from evf.checkpoint import CheckpointError, CheckpointFormat, Rule, StateDict, load_strict, read_state_dict
 from evf.preprocessing import ImageSpec
 from evf.registry import Registry
 
 # Image features as a dict of tensors whose dim 0 is the image: SAM has one level, SAM-2 three.
 ImageFeatures = dict[str, torch.Tensor]
+
+# EVF-SAM's inference.py (and demo.py) resize SAM-2 and EfficientSAM inputs as a uint8 tensor with
+# F.interpolate (bilinear, no antialiasing) straight to S x S; its training/eval pipelines, which our
+# backends follow, differ (PIL; EfficientSAM: longest side first). See docs/pretrained.md.
+UINT8_SQUARE_RESIZE: dict[str, Any] = {
+    "resize": "square",
+    "resampler": "torch_uint8",
+    "interpolation": "bilinear",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class ReleaseLayout:
+    """How one backend family appears under ``visual_model.`` in EVF-SAM's released checkpoints
+    (`evf.pretrained`, ``evf export``). One object per family, compared by identity (so that
+    `BackendInfo` stays hashable).
+
+    Attributes:
+        architecture: ``architectures[0]`` of a release's config.json.
+        scales: ``sam_scale`` -> registered backend name (the scales the official code builds).
+        format: the family's own official checkpoint format: the release holds its keys.
+        export_rules: the inverse of ``format`` for what we build (keys of the backend's inner
+            module, `SamBackend.core`, -> official keys).
+        marker: an official key that only this family holds (confirms the config from the weights).
+        inference_image: `ImageSpec` fields of EVF-SAM's ``inference.py`` where they differ from the
+            backend's registered (training) preprocessing.
+    """
+
+    architecture: str
+    scales: dict[str, str]
+    format: CheckpointFormat
+    export_rules: tuple[Rule, ...]
+    marker: str
+    inference_image: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -32,11 +68,13 @@ class BackendInfo:
         family: ``sam``, ``sam2`` or ``efficient_sam``.
         image: preprocessing of the image encoder's input.
         prompt_dim: width of one sparse prompt token (the projector's output width).
+        release: the family's layout in released EVF-SAM checkpoints; None: it has none.
     """
 
     family: str
     image: ImageSpec
     prompt_dim: int
+    release: ReleaseLayout | None = None
 
 
 @dataclass
@@ -57,26 +95,6 @@ class DecoderOutput:
     iou: torch.Tensor  # [N,1] predicted IoU of the returned mask
 
 
-class AbsentImageEncoder(nn.Module):
-    """Stands in for an image encoder that was not built (``image_encoder=False``: features come from
-    an embedding cache). It has no parameters; calling it raises.
-
-    Attributes:
-        weights_hash: `state_hash` of the image-encoder tensors of the backend checkpoint, taken while
-            loading it (None without a checkpoint: the weights are then unknown).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weights_hash: str | None = None
-
-    def forward(self, pixels: torch.Tensor) -> ImageFeatures:
-        raise RuntimeError(
-            "this SAM backend was built without its image encoder (image_encoder=False, embedding-cache "
-            "mode): pass precomputed image_features, or build it with image_encoder=True"
-        )
-
-
 def state_hash(state: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 of named tensors: names (sorted), shapes and values, floats as float32.
 
@@ -94,47 +112,81 @@ def state_hash(state: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def load_backend_checkpoint(module: nn.Module, path: str | Path, fmt: CheckpointFormat) -> None:
-    """`load_checkpoint` for a backend's inner module, whose image encoder is ``module.image_encoder``.
+class AbsentImageEncoder(nn.Module):
+    """Stands in for an image encoder that was not built (``image_encoder=False``: features come from
+    an embedding cache). It has no parameters; calling it raises.
 
-    When that is an `AbsentImageEncoder`, the checkpoint's ``image_encoder.*`` tensors are hashed into
-    its ``weights_hash`` instead of being loaded (the embedding cache checks its features against it);
-    everything else loads strictly as usual.
+    Attributes:
+        weights_hash: `state_hash` of the image-encoder tensors of the checkpoint the backend was
+            loaded from (`take_weights`); None without one: the weights are then unknown.
     """
-    absent = getattr(module, "image_encoder", None)
-    if not isinstance(absent, AbsentImageEncoder):
-        load_checkpoint(module, path, fmt)
-        return
-    prefix = "image_encoder."
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights_hash: str | None = None
+
+    def forward(self, pixels: torch.Tensor) -> ImageFeatures:
+        raise RuntimeError(
+            "this SAM backend was built without its image encoder (image_encoder=False, embedding-cache "
+            "mode): pass precomputed image_features, or build it with image_encoder=True"
+        )
+
+    def take_weights(self, state: Mapping[str, torch.Tensor], prefix: str, source: str) -> StateDict:
+        """Hash a checkpoint's image-encoder tensors (keys ``prefix*``) into ``weights_hash``, which the
+        embedding cache checks its features against, instead of loading them.
+
+        Returns:
+            The other tensors of ``state``, to load as usual.
+
+        Raises:
+            CheckpointError: ``state`` holds no key under ``prefix`` (``source`` names the file).
+        """
+        encoder_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if not encoder_state:
+            raise CheckpointError(f"{source}: no image encoder tensors ({prefix}*)")
+        self.weights_hash = state_hash(encoder_state)
+        return {k: v for k, v in state.items() if not k.startswith(prefix)}
+
+
+def load_backend_checkpoint(module: nn.Module, path: str | Path, fmt: CheckpointFormat) -> None:
+    """`load_checkpoint` for a backend's inner module, whose image encoder is ``module.image_encoder``;
+    an `AbsentImageEncoder` there takes the hash of the checkpoint's ``image_encoder.*`` tensors."""
     state = fmt.remap(read_state_dict(path, fmt.containers), source=str(path))
-    encoder_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    if not encoder_state:
-        raise CheckpointError(f"{path} (format {fmt.name!r}): no image encoder tensors ({prefix}*)")
-    absent.weights_hash = state_hash(encoder_state)
-    rest = {k: v for k, v in state.items() if not k.startswith(prefix)}
-    load_strict(module, rest, fmt, source=str(path))
+    encoder = getattr(module, "image_encoder", None)
+    if isinstance(encoder, AbsentImageEncoder):
+        state = encoder.take_weights(state, "image_encoder.", source=f"{path} (format {fmt.name!r})")
+    load_strict(module, state, fmt, source=str(path))
 
 
 class SamBackend(nn.Module, ABC):
     """Image encoder + prompt encoder + mask decoder of one SAM family.
 
-    A backend built with ``image_encoder=False`` (every registered factory takes it) holds an
-    `AbsentImageEncoder`: it decodes precomputed features only, e.g. from an embedding cache.
+    The three parts are attributes of one inner module, the attribute named by ``core`` (``sam``,
+    ``sam2``): official checkpoints load into it, and its name is the ``backend.<core>.`` prefix of
+    our saved checkpoints. A backend built with ``image_encoder=False`` (every registered factory
+    takes it) holds an `AbsentImageEncoder`: it decodes precomputed features only, e.g. from an
+    embedding cache.
     """
 
     info: BackendInfo
+    core: ClassVar[str]
 
     @property
-    @abstractmethod
-    def image_encoder(self) -> nn.Module: ...
+    def core_module(self) -> nn.Module:
+        """``self.<core>``, which holds ``image_encoder``, ``prompt_encoder`` and ``mask_decoder``."""
+        return getattr(self, self.core)
 
     @property
-    @abstractmethod
-    def prompt_encoder(self) -> nn.Module: ...
+    def image_encoder(self) -> nn.Module:
+        return self.core_module.image_encoder
 
     @property
-    @abstractmethod
-    def mask_decoder(self) -> nn.Module: ...
+    def prompt_encoder(self) -> nn.Module:
+        return self.core_module.prompt_encoder
+
+    @property
+    def mask_decoder(self) -> nn.Module:
+        return self.core_module.mask_decoder
 
     @property
     def prompt_dim(self) -> int:
@@ -162,13 +214,18 @@ class SamBackend(nn.Module, ABC):
             return encoder.weights_hash
         return state_hash(encoder.state_dict())
 
-    @abstractmethod
     def feature_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shape of one image's features per key of ``encode_image``'s output (without the image dim)."""
+        """Shape of one image's features per key of ``encode_image``'s output (without the image dim).
 
-    @abstractmethod
+        By default one level, ``image_embeddings`` ``(prompt_dim, *prompt_encoder.image_embedding_size)``.
+        """
+        return {"image_embeddings": (self.prompt_dim, *self.prompt_encoder.image_embedding_size)}
+
     def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
-        """``[B,3,S,S]`` backend-normalised pixels -> features, one row per image."""
+        """``[B,3,S,S]`` backend-normalised pixels -> features, one row per image: the image encoder's
+        output, a tensor ``[B,C,h,w]`` becoming ``{"image_embeddings": ...}`` and a dict kept as is."""
+        features = self.image_encoder(pixels)
+        return features if isinstance(features, dict) else {"image_embeddings": features}
 
     @abstractmethod
     def decode(
@@ -195,12 +252,39 @@ class SamBackend(nn.Module, ABC):
     ) -> torch.Tensor:
         """``[n,1,h,w]`` low-res logits of one image -> ``[n,H,W]`` logits at the original size."""
 
-    def transform_coords(self, coords: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
-        """Map ``[...,2]`` (x, y) pixel coordinates of the original image into the input frame."""
-        h, w = original_size
-        new_h, new_w = self.info.image.resized_size(h, w)
-        scale = torch.tensor([new_w / w, new_h / h], dtype=coords.dtype, device=coords.device)
-        return coords * scale
+
+BackendT = TypeVar("BackendT", bound=SamBackend)
+
+
+def create_variant(
+    name: str,
+    variant: Mapping[str, Any],
+    build: Callable[..., BackendT],
+    checkpoint: str | Path | None,
+    overrides: Mapping[str, Any],
+    fixed: Iterable[str],
+    extra: Iterable[str] = (),
+) -> BackendT:
+    """``build(**variant, **overrides, checkpoint=checkpoint)``: what a registered factory does.
+
+    Args:
+        name: the registered name (for the error).
+        variant: the variant's row of its family's size table.
+        build: the family's builder.
+        checkpoint: the official checkpoint to load, or None.
+        overrides: the factory's keyword options. Allowed: the row's fields, ``image_encoder`` and
+            ``extra``, except ``fixed``, which the data side reads from the registry metadata.
+        fixed: fields fixed per registered name.
+        extra: further builder options.
+
+    Raises:
+        TypeError: an unknown or fixed option.
+    """
+    allowed = (set(variant) | {"image_encoder", *extra}) - set(fixed)
+    unknown = set(overrides) - allowed
+    if unknown:
+        raise TypeError(f"{name}: unknown or fixed option(s) {sorted(unknown)}; valid: {sorted(allowed)}")
+    return build(**{**variant, **overrides}, checkpoint=checkpoint)
 
 
 BACKENDS: Registry[SamBackend, BackendInfo] = Registry("SAM backend", "evf.sam_backends")

@@ -25,7 +25,9 @@ from evf.sam_backends.base import (
     DecoderOutput,
     ImageFeatures,
     PointPrompts,
+    ReleaseLayout,
     SamBackend,
+    create_variant,
     load_backend_checkpoint,
 )
 
@@ -37,32 +39,16 @@ class SamViTBackend(SamBackend):
     """A ``segment_anything.modeling.Sam`` behind the `SamBackend` interface.
 
     Decoding is single-mask (``multimask_output=False``, mask token 0) as EVF-SAM does it, batched
-    over all expressions of all images in one mask-decoder call.
+    over all expressions of all images in one mask-decoder call. Features: ``{"image_embeddings":
+    [B,C,S/16,S/16]}``.
     """
+
+    core = "sam"
 
     def __init__(self, sam: Sam, info: BackendInfo) -> None:
         super().__init__()
         self.sam = sam
         self.info = info
-
-    @property
-    def image_encoder(self) -> nn.Module:
-        return self.sam.image_encoder
-
-    @property
-    def prompt_encoder(self) -> nn.Module:
-        return self.sam.prompt_encoder
-
-    @property
-    def mask_decoder(self) -> nn.Module:
-        return self.sam.mask_decoder
-
-    def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
-        """``[B,3,S,S]`` -> ``{"image_embeddings": [B,C,S/16,S/16]}``."""
-        return {"image_embeddings": self.sam.image_encoder(pixels)}
-
-    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"image_embeddings": (self.prompt_dim, *self.sam.prompt_encoder.image_embedding_size)}
 
     def decode(
         self,
@@ -128,6 +114,15 @@ class SamViTBackend(SamBackend):
 SEGMENT_ANYTHING = CheckpointFormat(
     name="segment_anything",
     rules=(Rule(r"((image_encoder|prompt_encoder|mask_decoder)\..+)", r"\1"),),
+)
+
+# EVF-SAM's releases (evf-sam, evf-sam-multitask) hold the official Sam under visual_model.
+RELEASE_LAYOUT = ReleaseLayout(
+    architecture="EvfSamModel",
+    scales={"huge": "sam_vit_h"},
+    format=SEGMENT_ANYTHING,
+    export_rules=SEGMENT_ANYTHING.rules,  # the same keys both ways
+    marker="prompt_encoder.no_mask_embed.weight",
 )
 
 
@@ -200,7 +195,7 @@ def _info(image_size: int, prompt_dim: int) -> BackendInfo:
         interpolation="bilinear",  # torchvision's resize of a PIL image, as ResizeLongestSide calls it
         resampler="pil",
     )
-    return BackendInfo(family="sam", image=image, prompt_dim=prompt_dim)
+    return BackendInfo(family="sam", image=image, prompt_dim=prompt_dim, release=RELEASE_LAYOUT)
 
 
 _SAM_DECODER = dict(prompt_dim=256, decoder_mlp_dim=2048, decoder_heads=8, iou_hidden_dim=256)
@@ -224,11 +219,7 @@ _NOT_OVERRIDABLE = {"image_size", "patch_size", "prompt_dim"}
 
 
 def _create(name: str, checkpoint: str | Path | None, overrides: dict) -> SamViTBackend:
-    allowed = (set(VARIANTS[name]) | {"image_encoder"}) - _NOT_OVERRIDABLE
-    unknown = set(overrides) - allowed
-    if unknown:
-        raise TypeError(f"{name}: unknown or fixed option(s) {sorted(unknown)}; valid: {sorted(allowed)}")
-    return _build(**{**VARIANTS[name], **overrides}, checkpoint=checkpoint)
+    return create_variant(name, VARIANTS[name], _build, checkpoint, overrides, fixed=_NOT_OVERRIDABLE)
 
 
 @BACKENDS.register("sam_vit_b", info=_info(1024, 256))

@@ -4,7 +4,8 @@ We build sam2's own modules unchanged (Hiera trunk + FPN neck, ``PromptEncoder``
 and leave the video-memory modules out: EVF works on single images, where SAM 2 adds the learned
 ``no_mem_embed`` to the lowest-resolution features instead of running memory attention
 (``SAM2ImagePredictor.set_image``). Official checkpoints still load strictly: `SAM2_CHECKPOINT` maps
-every image-path key and drops the memory keys by name, with a reason.
+every image-path key and drops the memory keys by name, with a reason; `RELEASE_LAYOUT` is how
+EVF-SAM2's released checkpoints hold them.
 
 Features (`Sam2Backend.encode_image`), for an S x S input: the three FPN levels after
 ``scalp=1`` (strides 4, 8, 16), ``no_mem_embed`` added to the stride-16 level. The mask decoder's
@@ -41,12 +42,15 @@ from evf.checkpoint import CheckpointFormat, Rule
 from evf.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImageSpec
 from evf.sam_backends.base import (
     BACKENDS,
+    UINT8_SQUARE_RESIZE,
     AbsentImageEncoder,
     BackendInfo,
     DecoderOutput,
     ImageFeatures,
     PointPrompts,
+    ReleaseLayout,
     SamBackend,
+    create_variant,
     load_backend_checkpoint,
 )
 
@@ -81,29 +85,16 @@ class Sam2Backend(SamBackend):
     """SAM 2's image path behind the `SamBackend` interface.
 
     ``sam2`` holds ``image_encoder`` (`Sam2ImageEncoder`), ``prompt_encoder`` and ``mask_decoder``
-    (sam2's modules). All expressions of all images decode in one mask-decoder call.
+    (sam2's modules). Features: the three levels of `Sam2ImageEncoder.forward`, one row per image.
+    All expressions of all images decode in one mask-decoder call.
     """
+
+    core = "sam2"
 
     def __init__(self, sam2: nn.ModuleDict, info: BackendInfo) -> None:
         super().__init__()
         self.sam2 = sam2
         self.info = info
-
-    @property
-    def image_encoder(self) -> nn.Module:
-        return self.sam2.image_encoder
-
-    @property
-    def prompt_encoder(self) -> nn.Module:
-        return self.sam2.prompt_encoder
-
-    @property
-    def mask_decoder(self) -> nn.Module:
-        return self.sam2.mask_decoder
-
-    def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
-        """``[B,3,S,S]`` -> the three feature levels of `Sam2ImageEncoder.forward`, one row per image."""
-        return self.sam2.image_encoder(pixels)
 
     def feature_shapes(self) -> dict[str, tuple[int, ...]]:
         h, w = self.sam2.prompt_encoder.image_embedding_size  # stride 16
@@ -170,12 +161,6 @@ class Sam2Backend(SamBackend):
         to crop: the input is the whole image stretched)."""
         return F.interpolate(low_res_logits, tuple(original_size), mode="bilinear", align_corners=False)[:, 0]
 
-    def transform_coords(self, coords: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
-        """As ``SAM2Transforms.transform_coords(normalize=True)``: divide by (w, h), times S."""
-        h, w = original_size
-        size = torch.tensor([w, h], dtype=coords.dtype, device=coords.device)
-        return coords / size * self.info.image.size
-
 
 # Official sam2_hiera_*.pt / sam2.1_hiera_*.pt hold a full SAM2Base state dict under "model".
 _VIDEO = "video memory, not used on single images:"
@@ -196,6 +181,22 @@ SAM2_CHECKPOINT = CheckpointFormat(
         Rule(r"no_obj_ptr", None, f"{_VIDEO} pointer used when the object is absent"),
         Rule(r"no_obj_embed_spatial", None, f"{_VIDEO} (SAM 2.1) memory embedding of an absent object"),
     ),
+)
+
+# EVF-SAM2's releases (evf-sam2, evf-sam2-multitask) hold a full SAM2Base under visual_model.; our
+# export writes the image path back under sam2's names (the video memory is not part of our model).
+RELEASE_LAYOUT = ReleaseLayout(
+    architecture="EvfSam2Model",
+    scales={"large": "sam2_hiera_l", "tiny": "sam2_hiera_t"},
+    format=SAM2_CHECKPOINT,
+    export_rules=(
+        Rule(r"image_encoder\.backbone\.(.+)", r"image_encoder.\1"),
+        Rule(r"image_encoder\.no_mem_embed", "no_mem_embed"),
+        Rule(r"prompt_encoder\.(.+)", r"sam_prompt_encoder.\1"),
+        Rule(r"mask_decoder\.(.+)", r"sam_mask_decoder.\1"),
+    ),
+    marker="sam_prompt_encoder.no_mask_embed.weight",
+    inference_image=UINT8_SQUARE_RESIZE,
 )
 
 
@@ -305,7 +306,7 @@ def _info(image_size: int, prompt_dim: int) -> BackendInfo:
         interpolation="bilinear",  # EVF-SAM's `Resize`: torchvision resize of a PIL image to S x S
         resampler="pil",
     )
-    return BackendInfo(family="sam2", image=image, prompt_dim=prompt_dim)
+    return BackendInfo(family="sam2", image=image, prompt_dim=prompt_dim, release=RELEASE_LAYOUT)
 
 
 # Hiera sizes of sam2's configs/sam2/sam2_hiera_{t,s,b+,l}.yaml, identical in configs/sam2.1/
@@ -337,11 +338,9 @@ _NOT_OVERRIDABLE = {"image_size", "prompt_dim"}
 
 
 def _create(name: str, checkpoint: str | Path | None, overrides: dict) -> Sam2Backend:
-    allowed = (set(VARIANTS[name]) | {"drop_path_rate", "image_encoder"}) - _NOT_OVERRIDABLE
-    unknown = set(overrides) - allowed
-    if unknown:
-        raise TypeError(f"{name}: unknown or fixed option(s) {sorted(unknown)}; valid: {sorted(allowed)}")
-    return _build(**{**VARIANTS[name], **overrides}, checkpoint=checkpoint)
+    return create_variant(
+        name, VARIANTS[name], _build, checkpoint, overrides, fixed=_NOT_OVERRIDABLE, extra={"drop_path_rate"}
+    )
 
 
 _FULL = _info(1024, 256)

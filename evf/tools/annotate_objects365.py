@@ -98,7 +98,7 @@ def segment_boxes(
     features = backend.encode_image(torch.stack([spec(image) for image in images]).to(device))
     sizes = [image.shape[:2] for image in images]
     frames = [
-        backend.transform_coords(torch.as_tensor(b, dtype=torch.float32).view(-1, 2, 2), s).view(-1, 4)
+        spec.transform_coords(torch.as_tensor(b, dtype=torch.float32).view(-1, 2, 2), s).view(-1, 4)
         for b, s in zip(boxes, sizes, strict=True)
     ]
     image_index = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)]).to(

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import evf
+from evf.checkpoint import CheckpointFormat
 from evf.sam_backends import BACKENDS, PointPrompts
 
 TINY = evf.list_backends("*tiny*")
@@ -117,6 +118,24 @@ def test_postprocess_returns_logits_at_the_original_size(name):
     original = (37, 53)
     input_size = backend.info.image.resized_size(*original)
     assert backend.postprocess(low_res, input_size, original).shape == (2, 37, 53)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_fixed_and_unknown_options_are_refused(name):
+    with pytest.raises(TypeError, match=r"unknown or fixed option\(s\) \['no_such_option', 'prompt_dim'\]"):
+        evf.create_backend(name, prompt_dim=8, no_such_option=1)
+
+
+@pytest.mark.parametrize("name", [n for n in TINY if BACKENDS.info(n).release is not None])
+def test_release_export_rules_invert_the_official_format(name):
+    """What ``evf export`` writes for the inner module loads back through the family's own format."""
+    backend = evf.create_backend(name)
+    layout = backend.info.release
+    state = backend.core_module.state_dict()
+    official = CheckpointFormat("export", layout.export_rules).remap(state)
+    assert layout.marker in official
+    back = layout.format.remap(official)
+    assert back.keys() == state.keys() and all(back[k] is state[k] for k in state)
 
 
 @pytest.mark.parametrize("name", FULL)

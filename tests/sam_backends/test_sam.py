@@ -28,7 +28,7 @@ def test_points_only_matches_sam_predictor(size):
     with torch.no_grad():
         features = backend.encode_image(backend.info.image(image)[None])
         points = PointPrompts(
-            coords=backend.transform_coords(torch.tensor(coords, dtype=torch.float32)[None], size),
+            coords=backend.info.image.transform_coords(torch.tensor(coords, dtype=torch.float32)[None], size),
             labels=torch.tensor(labels)[None],
         )
         out = backend.decode(features, torch.zeros(1, dtype=torch.long), None, points=points)

@@ -86,14 +86,13 @@ def test_points_match_sam2_image_predictor(reference_and_checkpoint, size, box):
         # our ImageSpec follows EVF-SAM2's PIL resize instead (test below).
         features = backend.encode_image(predictor._transforms(image)[None])
         points = PointPrompts(
-            coords=backend.transform_coords(torch.tensor(coords, dtype=torch.float32)[None], size),
+            coords=backend.info.image.transform_coords(torch.tensor(coords, dtype=torch.float32)[None], size),
             labels=torch.tensor(labels)[None],
         )
         boxes = None
         if box is not None:
-            boxes = backend.transform_coords(torch.tensor(box, dtype=torch.float32).view(1, 2, 2), size).view(
-                1, 4
-            )
+            corners = torch.tensor(box, dtype=torch.float32).view(1, 2, 2)
+            boxes = backend.info.image.transform_coords(corners, size).view(1, 4)
         out = backend.decode(features, torch.zeros(1, dtype=torch.long), None, points=points, boxes=boxes)
         logits = backend.postprocess(out.logits, backend.info.image.resized_size(*size), size)
 

@@ -4,6 +4,7 @@
 * `modeling`: the multiway transformer (`BEiT3Encoder`).
 * `checkpoint`: the remap of unilm's official ``.pth`` files (`UNILM_BEIT3`, `beit3_rules`).
 * `tokenizer`: the XLM-R style sentencepiece tokenizer (`build_beit3_tokenizer`).
+* `release`: BEIT-3 in EVF-SAM's released checkpoints (`BEIT3_RELEASE`, in every variant's info).
 
 Variants are rows of `VARIANTS`; each registered factory hands its row to `_create_beit3`::
 
@@ -35,6 +36,7 @@ from evf.encoders.beit3.checkpoint import (
 )
 from evf.encoders.beit3.fusion import Feature, Fusion, plan_fusion
 from evf.encoders.beit3.modeling import BEiT3Encoder
+from evf.encoders.beit3.release import BEIT3_RELEASE
 from evf.encoders.beit3.tokenizer import build_beit3_tokenizer
 from evf.preprocessing import HALF_MEAN, HALF_STD, ImageSpec
 
@@ -80,7 +82,7 @@ def _info(variant: str, max_text_tokens: int, default_tokenizer: Path | None = N
         antialias=False,
     )
     tokenizer = partial(build_beit3_tokenizer, max_length=max_text_tokens, default=default_tokenizer)
-    return EncoderInfo(family="beit3", image=image, build_tokenizer=tokenizer)
+    return EncoderInfo(family="beit3", image=image, build_tokenizer=tokenizer, release=BEIT3_RELEASE)
 
 
 DEFAULT_FEATURE: dict[str, Feature] = {"text": "cls_text", "late": "concat", "early": "cls_image"}

@@ -3,8 +3,8 @@
 * `modeling`: the modules (`EfficientSam`: ViT image encoder, points-only prompt encoder,
   two-way-transformer mask decoder), named as the official ``efficient_sam`` package names them.
 * this file: the backend (`EfficientSamBackend`), the checkpoint format (`EFFICIENT_SAM`), the
-  variant table and the registered factories ``efficient_sam_vitt``, ``efficient_sam_vits``,
-  ``efficient_sam_tiny``.
+  layout of EVF-Effi-SAM's releases (`RELEASE_LAYOUT`), the variant table and the registered
+  factories ``efficient_sam_vitt``, ``efficient_sam_vits``, ``efficient_sam_tiny``.
 
 As the released EVF-Effi-SAM (hustvl/EVF-SAM ``model/evf_effisam.py``): the text is one sparse token
 (after any point/box tokens), there is no dense prompt, decoding is single-mask (mask token 0) and
@@ -25,12 +25,15 @@ from evf.checkpoint import CheckpointFormat, Rule
 from evf.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImageSpec
 from evf.sam_backends.base import (
     BACKENDS,
+    UINT8_SQUARE_RESIZE,
     AbsentImageEncoder,
     BackendInfo,
     DecoderOutput,
     ImageFeatures,
     PointPrompts,
+    ReleaseLayout,
     SamBackend,
+    create_variant,
     load_backend_checkpoint,
 )
 from evf.sam_backends.efficient_sam.modeling import (
@@ -51,32 +54,17 @@ class EfficientSamBackend(SamBackend):
         max_points: point tokens the decoder was trained with (upstream's
             ``decoder_max_num_input_points``): point/box prompts are padded to this many with
             invalid points, as upstream does.
+
+    Features: ``{"image_embeddings": [B,C,S/16,S/16]}``.
     """
+
+    core = "sam"
 
     def __init__(self, sam: EfficientSam, info: BackendInfo, max_points: int) -> None:
         super().__init__()
         self.sam = sam
         self.info = info
         self.max_points = max_points
-
-    @property
-    def image_encoder(self) -> nn.Module:
-        return self.sam.image_encoder
-
-    @property
-    def prompt_encoder(self) -> nn.Module:
-        return self.sam.prompt_encoder
-
-    @property
-    def mask_decoder(self) -> nn.Module:
-        return self.sam.mask_decoder
-
-    def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
-        """``[B,3,S,S]`` -> ``{"image_embeddings": [B,C,S/16,S/16]}``."""
-        return {"image_embeddings": self.sam.image_encoder(pixels)}
-
-    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"image_embeddings": (self.prompt_dim, *self.sam.prompt_encoder.image_embedding_size)}
 
     def decode(
         self,
@@ -140,6 +128,17 @@ EFFICIENT_SAM = CheckpointFormat(
     rules=(Rule(r"((image_encoder|prompt_encoder|mask_decoder)\..+)", r"\1"),),
 )
 
+# EVF-Effi-SAM's releases (evf-effi-sam, evf-effi-sam-multitask) hold the official EfficientSam under
+# visual_model.
+RELEASE_LAYOUT = ReleaseLayout(
+    architecture="EvfEffiSamModel",
+    scales={"tiny": "efficient_sam_vitt", "small": "efficient_sam_vits"},
+    format=EFFICIENT_SAM,
+    export_rules=EFFICIENT_SAM.rules,  # the same keys both ways
+    marker="prompt_encoder.invalid_points.weight",
+    inference_image=UINT8_SQUARE_RESIZE,
+)
+
 
 def _build(
     *,
@@ -195,7 +194,7 @@ def _info(image_size: int, prompt_dim: int) -> BackendInfo:
         interpolation="bilinear",
         resampler="pil",
     )
-    return BackendInfo(family="efficient_sam", image=image, prompt_dim=prompt_dim)
+    return BackendInfo(family="efficient_sam", image=image, prompt_dim=prompt_dim, release=RELEASE_LAYOUT)
 
 
 # Upstream's build_efficient_sam: 1024 px, patch 16, 12 blocks, neck to 256, GELU everywhere; the
@@ -221,11 +220,7 @@ _NOT_OVERRIDABLE = {"image_size", "patch_size", "prompt_dim"}
 
 
 def _create(name: str, checkpoint: str | Path | None, overrides: dict) -> EfficientSamBackend:
-    allowed = (set(VARIANTS[name]) | {"image_encoder"}) - _NOT_OVERRIDABLE
-    unknown = set(overrides) - allowed
-    if unknown:
-        raise TypeError(f"{name}: unknown or fixed option(s) {sorted(unknown)}; valid: {sorted(allowed)}")
-    return _build(**{**VARIANTS[name], **overrides}, checkpoint=checkpoint)
+    return create_variant(name, VARIANTS[name], _build, checkpoint, overrides, fixed=_NOT_OVERRIDABLE)
 
 
 @BACKENDS.register("efficient_sam_vitt", info=_info(1024, 256))
