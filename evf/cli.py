@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from evf.datamodules import EVFDataModule
 from evf.datamodules.predict import PredictDataModule, collect_inputs
+from evf.lightning_compat import SubcommandArgumentsCLI
 from evf.module import EVFSAMModule
 from evf.prediction import MaskWriter
 
@@ -44,7 +45,7 @@ class SaveFitConfig(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
-class EVFCLI(LightningCLI):
+class EVFCLI(SubcommandArgumentsCLI):
     """LightningCLI with EVF's links and defaults.
 
     * ``model.encoder`` / ``model.tokenizer`` / ``model.backend`` are linked into the datamodule,
@@ -83,8 +84,7 @@ class EVFCLI(LightningCLI):
             "data.init_args.embedding_cache", "model.use_embedding_cache", uses_cache, apply_on="parse"
         )
 
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+    def add_subcommand_arguments(self, parser: LightningArgumentParser, subcommand: str) -> None:
         if subcommand == "predict":
             group = parser.add_argument_group("Prompted images")
             group.add_argument("--image", action="append", help="Image file or folder (repeatable).")
@@ -96,7 +96,6 @@ class EVFCLI(LightningCLI):
             group.add_argument("--manifest", help="JSON or CSV file mapping images to their own prompts.")
             group.add_argument("--output", default="predictions", help="Folder for the PNGs and JSON files.")
             group.add_argument("--batch_size", type=PositiveInt, default=1, help="Images per forward pass.")
-        return parser
 
     def predict(self, model: EVFSAMModule, datamodule=None, **kwargs) -> None:
         """With ``--image`` / ``--manifest``: segment every prompt of every image and write PNGs, RLE

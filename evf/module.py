@@ -14,6 +14,7 @@ from torch import nn
 from evf.batch import Batch
 from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder_record, restore_image_encoder
 from evf.decode import Prediction, decode
+from evf.lightning_compat import attached_trainer
 from evf.losses import mask_losses
 from evf.metrics import ReferringIoU
 from evf.model import EVFSAM, TrainableParts, create_model
@@ -198,7 +199,8 @@ class EVFSAMModule(L.LightningModule):
 
     # ---- metrics: one ReferringIoU per named split -------------------------------------------
     def _split_names(self, stage: str) -> list[str]:
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        dm = None if trainer is None else trainer.datamodule
         if dm is not None and hasattr(dm, "split_names"):
             return dm.split_names(stage)
         loaders = self.trainer.val_dataloaders if stage == "validate" else self.trainer.test_dataloaders

@@ -17,6 +17,7 @@ import lightning as L
 from torch import nn
 
 from evf.cache.keys import CacheKey, CacheMismatchError, cache_key
+from evf.lightning_compat import attached_trainer
 
 RECORD_KEY = "evf_image_encoder"
 """Checkpoint entry of a model trained from an embedding cache (absent otherwise)."""
@@ -35,7 +36,8 @@ def check_datamodule_cache(module: L.LightningModule) -> None:
         ValueError: cache mode without a store, or a store with a trainable image encoder.
         CacheMismatchError: the store was built for another backend, weights or preprocessing.
     """
-    datamodule = module.trainer.datamodule if module._trainer is not None else None
+    trainer = attached_trainer(module)
+    datamodule = None if trainer is None else trainer.datamodule
     store = getattr(datamodule, "embedding_store", None)
     if store is None:
         if module.hparams.get("use_embedding_cache"):

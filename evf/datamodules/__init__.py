@@ -11,7 +11,14 @@ RefCOCOg, RefCLEF), `GRefCOCODataset`, `ADE20KDataset`, `MapillaryDataset`, `Obj
 any of them, described by `DatasetSpec` (catalog.py), with sampling rates and a resumable sampler.
 """
 
-from evf.datamodules.base import BatchBuilder, EpochSampler, EVFDataModule, EVFDataset, ResumableDataLoader
+from evf.datamodules.base import (
+    BatchBuilder,
+    EpochSampler,
+    EVFDataModule,
+    EVFDataset,
+    ResumableDataLoader,
+    ResumableSampler,
+)
 from evf.datamodules.catalog import DatasetSpec, build_dataset
 from evf.datamodules.common import DataError, FileDataset
 from evf.datamodules.grefcoco import GRefCOCODataset
@@ -44,6 +51,7 @@ __all__ = [
     "PascalPartDataset",
     "ReferDataset",
     "ResumableDataLoader",
+    "ResumableSampler",
     "Sample",
     "ShapesDataModule",
     "build_dataset",

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import lightning as L
 import numpy as np
@@ -21,16 +22,16 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from evf.cache.keys import pixel_hash
+from evf.batch import BatchBuilder
 from evf.cache.store import EmbeddingStore
 from evf.datamodules.sample import Sample
-from evf.encoders import EncoderPreprocessor, build_preprocessor
-from evf.preprocessing import ImageSpec
+from evf.encoders import build_preprocessor
+from evf.lightning_compat import training_batches_done
 from evf.sam_backends import backend_image_spec
 
 log = logging.getLogger(__name__)
 
-Batch = dict[str, object]
+KeyT = TypeVar("KeyT")
 
 
 class EVFDataset(Dataset, ABC):
@@ -68,17 +69,15 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(epoch, index)``: a permutation seeded by ``(seed, epoch)`` (or dataset order) sharded
-    over ranks. ``even=True`` truncates to equal shards (training); ``even=False`` gives disjoint,
-    unpadded shards (evaluation: each item exactly once).
+class ResumableSampler(Sampler[KeyT], ABC):
+    """A sampler whose draws are a function of the epoch, resumable mid-epoch (`ResumableDataLoader`).
 
     `resume` makes the next pass over an epoch skip the draws a checkpointed run had consumed;
     ``len()`` stays the full epoch's (Lightning keeps counting from the restored batch index).
+    Subclasses drop `_pop_skip` draws (counted over all ranks) before sharding an epoch's draws.
     """
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, even: bool = True) -> None:
-        self.size, self.seed, self.shuffle, self.even = size, seed, shuffle, even
+    def __init__(self) -> None:
         self.epoch = 0
         self._skip: dict[int, int] = {}
 
@@ -90,8 +89,26 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.epoch = epoch
         self._skip = {epoch: consumed}
 
+    @abstractmethod
     def signature(self) -> dict[str, int]:
         """What must match for a saved position to be meaningful."""
+
+    def _pop_skip(self) -> int:
+        """Draws of the current epoch this pass skips (those consumed before `resume`; later passes 0)."""
+        return self._skip.pop(self.epoch, 0)
+
+
+class EpochSampler(ResumableSampler[tuple[int, int]]):
+    """Yields ``(epoch, index)``: a permutation seeded by ``(seed, epoch)`` (or dataset order) sharded
+    over ranks. ``even=True`` truncates to equal shards (training); ``even=False`` gives disjoint,
+    unpadded shards (evaluation: each item exactly once). Resumable as `ResumableSampler`.
+    """
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, even: bool = True) -> None:
+        super().__init__()
+        self.size, self.seed, self.shuffle, self.even = size, seed, shuffle, even
+
+    def signature(self) -> dict[str, int]:
         return {"seed": self.seed, "size": self.size}
 
     def _indices(self) -> list[int]:
@@ -105,7 +122,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         indices = self._indices()
         if self.even:
             indices = indices[: (self.size // world) * world]
-        indices = indices[self._skip.pop(self.epoch, 0) :]
+        indices = indices[self._pop_skip() :]
         return iter([(self.epoch, i) for i in indices[rank::world]])
 
     def __len__(self) -> int:
@@ -124,10 +141,12 @@ class ResumableDataLoader(DataLoader):
     at the end of an epoch points at the start of the next. Setting the epoch here matters: on
     resume Lightning creates the worker iterator before it calls ``set_epoch``.
 
-    The sampler needs ``epoch``, ``resume(epoch, consumed)`` and ``signature()``.
+    The sampler is a `ResumableSampler`.
     """
 
-    def __init__(self, dataset: Dataset, sampler: Sampler, batches_done: Callable[[], int], **kwargs) -> None:
+    def __init__(
+        self, dataset: Dataset, sampler: ResumableSampler, batches_done: Callable[[], int], **kwargs
+    ) -> None:
         super().__init__(dataset, sampler=sampler, **kwargs)
         self.batches_done = batches_done
 
@@ -148,53 +167,6 @@ class ResumableDataLoader(DataLoader):
             self.sampler.resume(state["epoch"], 0)
             return
         self.sampler.resume(state["epoch"], state["consumed"])
-
-
-class BatchBuilder:
-    """Collate function: Samples -> the batch contract of docs/architecture.md.
-
-    Runs in DataLoader workers; holds only picklable preprocessing (tokenizer, image specs) and,
-    with an embedding cache, the store: batches then carry ``image_features`` (each ``[B,*shape]``,
-    in the store's dtype) read by each image's pixel hash instead of ``sam_pixels``.
-    """
-
-    def __init__(
-        self,
-        encoder: EncoderPreprocessor,
-        backend_image: ImageSpec,
-        keep_images: bool = False,
-        features: EmbeddingStore | None = None,
-    ) -> None:
-        self.encoder = encoder
-        self.backend_image = backend_image
-        self.keep_images = keep_images  # prediction keeps the originals to draw overlays
-        self.features = features
-
-    def __call__(self, samples: Sequence[Sample]) -> Batch:
-        texts = [t for s in samples for t in s.texts]
-        tokens = self.encoder.tokenize(texts)
-        counts = [len(s.texts) for s in samples]
-        batch: Batch = {
-            "encoder_pixels": torch.stack([self.encoder.transform_image(s.image) for s in samples]),
-            "input_ids": tokens["input_ids"],
-            "attention_mask": tokens["attention_mask"],
-            "image_index": torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts)),
-            "input_sizes": [self.backend_image.resized_size(*s.image.shape[:2]) for s in samples],
-            "original_sizes": [tuple(s.image.shape[:2]) for s in samples],
-            "texts": texts,
-            "kinds": [k for s in samples for k in (s.kinds or [""] * len(s.texts))],
-            "image_ids": [s.image_id for s in samples],
-        }
-        if self.features is None:
-            batch["sam_pixels"] = torch.stack([self.backend_image(s.image) for s in samples])
-        else:
-            rows = [self.features.read(pixel_hash(s.image), s.image_id) for s in samples]
-            batch["image_features"] = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
-        if all(s.masks is not None for s in samples):
-            batch["masks"] = [torch.from_numpy(np.ascontiguousarray(s.masks)) for s in samples]
-        if self.keep_images:
-            batch["images"] = [s.image for s in samples]
-        return batch
 
 
 class EVFDataModule(L.LightningDataModule, ABC):
@@ -289,7 +261,7 @@ class EVFDataModule(L.LightningDataModule, ABC):
         sampler = EpochSampler(len(dataset), seed=self.seed, shuffle=train, even=train)
         return DataLoader(dataset, sampler=sampler, **self._loader_kwargs(batch_size, train))
 
-    def resumable_loader(self, dataset: EVFDataset, sampler: Sampler) -> ResumableDataLoader:
+    def resumable_loader(self, dataset: EVFDataset, sampler: ResumableSampler) -> ResumableDataLoader:
         """The training loader over ``sampler``, resumable mid-epoch from a checkpoint."""
         return ResumableDataLoader(
             dataset, sampler, self._batches_done, **self._loader_kwargs(self.batch_size, True)
@@ -297,7 +269,7 @@ class EVFDataModule(L.LightningDataModule, ABC):
 
     def _batches_done(self) -> int:
         """Training batches of the current epoch the trainer has finished (restored on resume)."""
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return training_batches_done(self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()

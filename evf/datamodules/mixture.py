@@ -14,12 +14,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
 
-from evf.datamodules.base import EVFDataModule, EVFDataset, ResumableDataLoader, rank_world
+from evf.datamodules.base import EVFDataModule, EVFDataset, ResumableDataLoader, ResumableSampler, rank_world
 from evf.datamodules.catalog import DatasetSpec, build_dataset
 from evf.datamodules.common import OnBadSample, item_rng
 from evf.datamodules.sample import Sample
@@ -56,17 +55,14 @@ class MixtureDataset(EVFDataset):
         return super().__getitem__(key)
 
 
-class MixtureSampler(Sampler[Key]):
+class MixtureSampler(ResumableSampler[Key]):
     """``num_samples`` keys ``(epoch, dataset_id, index)`` per epoch, over all ranks together.
 
     Each draw picks dataset ``d`` with probability ``rates[d] / sum(rates)``; dataset ``d`` then
     hands out the indices of a permutation seeded by ``(seed, epoch, d)`` in order (restarting it
     when used up), so its items are covered before any repeats. The keys depend on ``(seed, epoch)``
     only. Rank ``r`` of ``w`` gets draws ``r, r + w, ...`` of the first ``w * (num_samples // w)``.
-
-    `resume` makes the next pass over an epoch skip its first draws: the part of the epoch a
-    checkpointed run had consumed. ``len()`` stays the full epoch's length (the training loop
-    keeps counting from the restored batch index).
+    Resumable as `ResumableSampler`.
     """
 
     def __init__(self, sizes: Sequence[int], rates: Sequence[float], num_samples: int, seed: int = 0) -> None:
@@ -78,22 +74,12 @@ class MixtureSampler(Sampler[Key]):
             raise ValueError(f"rates must be finite, non-negative and not all zero, got {list(rates)}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
+        super().__init__()
         self.sizes = [int(s) for s in sizes]
         self.probs = np.asarray(rates, dtype=np.float64) / float(sum(rates))
         self.num_samples, self.seed = num_samples, seed
-        self.epoch = 0
-        self._skip: dict[int, int] = {}
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def resume(self, epoch: int, consumed: int) -> None:
-        """Continue inside ``epoch``: its next pass skips the first ``consumed`` draws (all ranks)."""
-        self.epoch = epoch
-        self._skip = {epoch: consumed}
 
     def signature(self) -> dict[str, int]:
-        """What must match for a saved position to be meaningful."""
         return {"seed": self.seed, "num_samples": self.num_samples}
 
     def draws(self, epoch: int) -> list[tuple[int, int]]:
@@ -111,8 +97,7 @@ class MixtureSampler(Sampler[Key]):
 
     def __iter__(self) -> Iterator[Key]:
         rank, world = rank_world()
-        skip = self._skip.pop(self.epoch, 0)
-        draws = self.draws(self.epoch)[skip : (self.num_samples // world) * world]
+        draws = self.draws(self.epoch)[self._pop_skip() : (self.num_samples // world) * world]
         return iter([(self.epoch, d, i) for d, i in draws[rank::world]])
 
     def __len__(self) -> int:
@@ -133,8 +118,8 @@ class MixtureDataModule(EVFDataModule):
             and brightness/contrast jitter, seeded per (seed, epoch, index).
         on_bad_sample: ``error`` stops at wrong data; ``skip`` logs it, counts it and moves on to
             the next valid item.
-        encoder, tokenizer, backend, batch_size, eval_batch_size, num_workers, seed, embedding_cache:
-            see `EVFDataModule` (the cache is refused with ``augment: true``).
+        **kwargs: the shared options of `EVFDataModule` (``encoder``, ``batch_size``, ``seed``,
+            ``embedding_cache``, ...; the cache is refused with ``augment: true``).
     """
 
     def __init__(
@@ -146,18 +131,9 @@ class MixtureDataModule(EVFDataModule):
         max_expressions: int = 3,
         augment: bool = False,
         on_bad_sample: OnBadSample = "error",
-        encoder: str = "beit3_large",
-        tokenizer: str | Path | None = None,
-        backend: str = "sam_vit_h",
-        batch_size: int = 16,
-        eval_batch_size: int = 8,
-        num_workers: int = 2,
-        seed: int = 0,
-        embedding_cache: str | Path | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            encoder, tokenizer, backend, batch_size, eval_batch_size, num_workers, seed, embedding_cache
-        )
+        super().__init__(**kwargs)
         self.specs = {"train": list(train or []), "validate": list(val or []), "test": list(test or [])}
         for stage in ("validate", "test"):
             labels = [s.label for s in self.specs[stage]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 from evf.datamodules.base import EVFDataModule, EVFDataset
 from evf.datamodules.shapes import ShapesDataset
@@ -18,8 +18,9 @@ class ShapesDataModule(EVFDataModule):
         max_expressions: expressions drawn per training image (the paper uses up to 3).
         image_size: (min, max) of image height and width in pixels.
         num_objects: (min, max) objects per image.
-        encoder, tokenizer, backend, batch_size, eval_batch_size, num_workers, seed, embedding_cache:
-            see `EVFDataModule`.
+        encoder, backend, eval_batch_size: as in `EVFDataModule`, with quick-run defaults (the tiny
+            models, 16 images per evaluation batch).
+        **kwargs: the other shared options of `EVFDataModule` (``batch_size``, ``seed``, ...).
     """
 
     def __init__(
@@ -31,17 +32,11 @@ class ShapesDataModule(EVFDataModule):
         image_size: tuple[int, int] = (112, 144),
         num_objects: tuple[int, int] = (3, 5),
         encoder: str = "beit3_tiny",
-        tokenizer: str | Path | None = None,
         backend: str = "sam_tiny",
-        batch_size: int = 16,
         eval_batch_size: int = 16,
-        num_workers: int = 2,
-        seed: int = 0,
-        embedding_cache: str | Path | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            encoder, tokenizer, backend, batch_size, eval_batch_size, num_workers, seed, embedding_cache
-        )
+        super().__init__(encoder=encoder, backend=backend, eval_batch_size=eval_batch_size, **kwargs)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.max_expressions = max_expressions
         self.scene = {"image_size": tuple(image_size), "num_objects": tuple(num_objects)}

@@ -31,6 +31,7 @@ from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from evf.checkpoint import CheckpointFormat, Rule, load_checkpoint
 from evf.encoders.base import ENCODERS, EncoderInfo, EncoderPreprocessor, MultimodalEncoder
@@ -47,6 +48,22 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _CONFIG_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"}
 
 
+def build_open_clip_tower(
+    tower: Literal["text", "vision"], embed_dim: int, cfg: dict[str, Any], quick_gelu: bool
+) -> nn.Module:
+    """open_clip's text or vision tower, built from its config exactly as ``open_clip.CLIP`` builds it.
+
+    open_clip has no public per-tower builder (``CLIP`` and ``CustomTextCLIP`` always build both
+    towers, and ``fusion="text"`` must not pay for a ViT-H it never runs), so this calls the private
+    ``open_clip.model._build_text_tower`` / ``_build_vision_tower`` that ``CLIP.__init__`` uses;
+    tests/encoders/test_clip.py checks their signatures against the installed open_clip.
+    """
+    from open_clip.model import _build_text_tower, _build_vision_tower  # deferred: slow import
+
+    build = _build_text_tower if tower == "text" else _build_vision_tower
+    return build(embed_dim, cfg, quick_gelu)
+
+
 class CLIPEncoder(MultimodalEncoder):
     """open_clip's CLIP towers as EVF's multimodal encoder (see the module doc for the features).
 
@@ -61,8 +78,6 @@ class CLIPEncoder(MultimodalEncoder):
         self, config: dict[str, Any], preprocessor: EncoderPreprocessor, fusion: Fusion = "text"
     ) -> None:
         super().__init__()
-        from open_clip.model import _build_text_tower, _build_vision_tower  # deferred: slow import
-
         if fusion not in get_args(Fusion):
             raise ValueError(f"CLIP supports fusion 'text' or 'late' (no joint attention), got {fusion!r}")
         unknown = sorted(set(config) - _CONFIG_KEYS)
@@ -71,9 +86,11 @@ class CLIPEncoder(MultimodalEncoder):
         self.fusion = fusion
         self.preprocessor = preprocessor
         embed_dim, quick_gelu = config["embed_dim"], config.get("quick_gelu", False)
-        self.text = _build_text_tower(embed_dim, config["text_cfg"], quick_gelu)
+        self.text = build_open_clip_tower("text", embed_dim, config["text_cfg"], quick_gelu)
         late = fusion == "late"
-        self.visual = _build_vision_tower(embed_dim, config["vision_cfg"], quick_gelu) if late else None
+        self.visual = (
+            build_open_clip_tower("vision", embed_dim, config["vision_cfg"], quick_gelu) if late else None
+        )
         self.feature_dim = embed_dim * (2 if late else 1)
 
     def forward(

@@ -161,5 +161,5 @@ def test_over_long_expressions_are_truncated_with_a_counted_warning(caplog) -> N
     with caplog.at_level(logging.WARNING):
         batch = builder([sample])
     limit = builder.encoder.tokenizer.max_length
-    assert batch["input_ids"].shape == (2, limit) and batch["attention_mask"][1].all()
+    assert batch.input_ids.shape == (2, limit) and batch.attention_mask[1].all()
     assert "truncated 1 of 2 expression(s)" in caplog.text

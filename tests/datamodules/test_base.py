@@ -1,6 +1,8 @@
+import pytest
 from torch.utils.data import Dataset
 
-from evf.datamodules.base import EpochSampler, ResumableDataLoader
+from evf.datamodules.base import EpochSampler, ResumableDataLoader, ResumableSampler
+from evf.datamodules.mixture import MixtureSampler
 
 
 class _Keys(Dataset):
@@ -49,3 +51,19 @@ def test_loader_resumes_mid_epoch_with_the_same_draws():
 
     batches_done["n"] = len(fresh)  # a checkpoint at the end of the epoch points at the next one
     assert fresh.state_dict()["epoch"] == 2 and fresh.state_dict()["consumed"] == 0
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: EpochSampler(20, seed=1), lambda: MixtureSampler([5, 7], [1.0, 2.0], 20, seed=1)]
+)
+def test_a_resume_skips_the_consumed_draws_of_one_pass_only(make):
+    sampler = make()
+    assert isinstance(sampler, ResumableSampler)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.resume(2, 6)
+    assert sampler.epoch == 2 and list(sampler) == full[6:]
+    assert list(sampler) == full  # the next pass over epoch 2 starts at its first draw again
+    sampler.resume(2, 6)
+    sampler.set_epoch(3)
+    assert len(list(sampler)) == 20  # the skip belongs to epoch 2

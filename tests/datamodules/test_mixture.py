@@ -94,13 +94,13 @@ def test_datamodule_names_splits_and_mixes(mixture_root: Path) -> None:
     assert dm.split_names("test") == []
     assert [len(d) for d in dm.eval_datasets("validate").values()] == [1, 1, 1]
     batches = list(dm.train_dataloader())
-    assert len(batches) == 4 and all(len(b["image_ids"]) == 2 for b in batches)
-    texts = [t for b in batches for t in b["texts"]]
+    assert len(batches) == 4 and all(len(b.image_ids) == 2 for b in batches)
+    texts = [t for b in batches for t in b.texts]
     assert any(t.startswith("[semantic] ") for t in texts) and any(
         t.startswith(("thing", "object")) for t in texts
     )
     val = dm.val_dataloader()[2]
-    assert next(iter(val))["texts"] == ["[semantic] floor"]
+    assert next(iter(val)).texts == ["[semantic] floor"]
     with pytest.raises(ValueError, match="split names repeat"):
         MixtureDataModule(val=[DatasetSpec("ade20k", "x", "val"), DatasetSpec("ade20k", "y", "val")])
     with pytest.raises(ValueError, match=r"refcoco\+/train: `root` is not set"):
@@ -116,7 +116,7 @@ class _Recorder(L.LightningModule):
         self.seen: list[tuple] = []
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        self.seen.append((self.current_epoch, tuple(batch["image_ids"]), tuple(batch["texts"])))
+        self.seen.append((self.current_epoch, tuple(batch.image_ids), tuple(batch.texts)))
         return self.weight.sum() * 0.0
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
