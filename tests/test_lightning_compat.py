@@ -52,7 +52,11 @@ class _PredictFlagCLI(SubcommandArgumentsCLI):
 def test_subcommand_arguments_reach_only_their_subcommand():
     trainer = ["--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu",
                "--trainer.limit_predict_batches=1"]  # fmt: skip
-    cli = _PredictFlagCLI(BoringModel, args=["predict", "--only_for_predict=3", *trainer])
+    cli = _PredictFlagCLI(
+        BoringModel, args=["predict", "--only_for_predict=3", *trainer], save_config_callback=None
+    )
     assert cli.config["predict"]["only_for_predict"] == 3
     with pytest.raises(SystemExit):  # an unknown option to fit
-        _PredictFlagCLI(BoringModel, args=["fit", "--only_for_predict=3", *trainer])
+        _PredictFlagCLI(
+            BoringModel, args=["fit", "--only_for_predict=3", *trainer], save_config_callback=None
+        )
