@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ class Batch:
     sam_pixels: torch.Tensor | None = None
     image_features: ImageFeatures | None = None
     masks: list[torch.Tensor] | None = None  # per image [n_i,H_i,W_i] bool ground truth
-    images: list[np.ndarray] | None = None  # originals, when the builder keeps them (prediction)
+    images: list[np.ndarray] | None = None  # prediction: the originals, for overlays
     prompts: list[tuple[Prompt, ...]] | None = None  # per image, when built from `Prompt` s
     failures: list[dict[str, str]] = field(default_factory=list)  # images that could not be read
 
@@ -117,6 +117,17 @@ class Batch:
         return replace(self, **moved)
 
 
+class ReferringSample(Protocol):
+    """What `BatchBuilder` reads of a dataset sample (`evf.datamodules.sample.Sample` is one; typed
+    structurally so that the batch, which the datamodules use, does not import them)."""
+
+    image: np.ndarray  # uint8 [H,W,3]
+    masks: np.ndarray | None  # bool [n,H,W]
+    texts: list[str]
+    image_id: str
+    kinds: list[str]
+
+
 class BatchBuilder:
     """Collate function and predictor front end: images + prompts -> `Batch`.
 
@@ -126,7 +137,6 @@ class BatchBuilder:
     Args:
         encoder: the encoder's tokenizer and image transform.
         backend_image: the backend's image preprocessing.
-        keep_images: keep the original images in the batch (prediction draws overlays on them).
         features: an embedding store: batches then carry its ``image_features`` instead of pixels.
     """
 
@@ -134,15 +144,13 @@ class BatchBuilder:
         self,
         encoder: EncoderPreprocessor,
         backend_image: ImageSpec,
-        keep_images: bool = False,
         features: EmbeddingStore | None = None,
     ) -> None:
         self.encoder = encoder
         self.backend_image = backend_image
-        self.keep_images = keep_images
         self.features = features
 
-    def __call__(self, samples: Sequence[Any]) -> Batch:
+    def __call__(self, samples: Sequence[ReferringSample]) -> Batch:
         """Training / evaluation samples (`evf.datamodules.sample.Sample`) -> a batch of their
         expressions, with their ground-truth masks when every sample has them."""
         images = self.images([s.image for s in samples], [s.image_id for s in samples])
@@ -150,8 +158,6 @@ class BatchBuilder:
         batch.kinds = [k for s in samples for k in (s.kinds or [""] * len(s.texts))]
         if samples and all(s.masks is not None for s in samples):
             batch.masks = [torch.from_numpy(np.ascontiguousarray(s.masks)) for s in samples]
-        if self.keep_images:
-            batch.images = [s.image for s in samples]
         return batch
 
     def images(self, images: Sequence[np.ndarray], image_ids: Sequence[str] = ()) -> ImageInputs:

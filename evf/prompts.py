@@ -43,10 +43,6 @@ class Prompt:
                 raise ValueError(f"a box is x0, y0, x1, y1 with x0 <= x1 and y0 <= y1, got {list(self.box)}")
             self.box = box
 
-    @property
-    def text_only(self) -> bool:
-        return self.text is not None and not self.points and self.box is None
-
     def record(self) -> dict[str, Any]:
         """The prompt's fields for ``predictions.json`` (``prompt`` is the text or null)."""
         out: dict[str, Any] = {"prompt": self.text}
