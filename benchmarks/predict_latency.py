@@ -1,4 +1,5 @@
-"""Prediction latency: `EVFSAM.predict` on one image with 1, 8 and 32 prompts.
+"""Prediction latency: `EVFSAM.predict` on one image with 1, 8 and 32 prompts, and the same prompts
+asked of an `evf.Predictor` whose image is already set (decoder time: no image encoder).
 
     python benchmarks/predict_latency.py --models small                                    # CPU
     python benchmarks/predict_latency.py --models small large --device cuda --precision bf16 \\
@@ -72,6 +73,8 @@ def measure(args: argparse.Namespace, name: str) -> list[dict]:
         meta = build(name, torch.device("meta"))
     pixels = torch.empty(1, 3, meta.backend.info.image.size, meta.backend.info.image.size, device="meta")
     encoder_flops = count_flops(lambda: meta.backend.encode_image(pixels))
+    import evf
+
     torch.manual_seed(0)
     model = build(name, device)
     rows = []
@@ -85,8 +88,12 @@ def measure(args: argparse.Namespace, name: str) -> list[dict]:
                 model.predict(image, p)
 
         times = timed(call, device, args.warmup, args.iterations)
+        predictor = evf.Predictor(model, dtype=torch.bfloat16 if args.precision == "bf16" else None)
+        predictor.set_image(image)
+        set_times = timed(lambda p=prompts, pr=predictor: pr.predict(p), device, args.warmup, args.iterations)
         rows.append({
             "model": name, "prompts": count, "seconds": times, "call_seconds": statistics.median(times),
+            "predict_seconds": statistics.median(set_times),
             "flops": flops, "image_encoder_flops": encoder_flops, "peak_bytes": peak_bytes(device),
         })  # fmt: skip
     return rows
@@ -94,15 +101,16 @@ def measure(args: argparse.Namespace, name: str) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| model | prompts | s/call | images/s | prompts/s | GFLOP/call | image encoder | peak mem |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | prompts | s/call | images/s | prompts/s | GFLOP/call | image encoder | peak mem "
+        "| s/predict, image set |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         s = r["call_seconds"]
         lines.append(
             f"| {r['model']} | {r['prompts']} | {s:.2f} | {1 / s:.3f} | {r['prompts'] / s:.2f} | "
             f"{r['flops'] / 1e9:.0f} | {100 * r['image_encoder_flops'] / r['flops']:.0f}% | "
-            f"{r['peak_bytes'] / 2**30:.2f} GiB |"
+            f"{r['peak_bytes'] / 2**30:.2f} GiB | {r['predict_seconds']:.3f} |"
         )
     return "\n".join(lines)
 

@@ -53,72 +53,72 @@ VARIANTS = ("naive", "evf", "evf_cache")
 TOKENS, HEIGHT, WIDTH = 20, 480, 640
 
 
-def synthetic_batch(model, images: int, expressions: int, device: torch.device) -> dict:
-    """The batch contract of docs/architecture.md with random content (expressions per image equal)."""
+def synthetic_batch(model, images: int, expressions: int, device: torch.device):
+    """An `evf.batch.Batch` with random content (expressions per image equal): the batch contract of
+    docs/architecture.md, as `BatchBuilder` would build it."""
+    from evf.batch import Batch, PromptGroup
+
     gen = torch.Generator().manual_seed(0)
     n = images * expressions
     spec, enc = model.backend.info.image, model.encoder.preprocessor.image
     vocab = model.encoder.text_embed.tokens.num_embeddings
-    batch = {
-        "encoder_pixels": torch.randn(images, 3, enc.size, enc.size, generator=gen),
-        "input_ids": torch.randint(4, vocab, (n, TOKENS), generator=gen),
-        "attention_mask": torch.ones(n, TOKENS, dtype=torch.long),
-        "image_index": torch.arange(images).repeat_interleave(expressions),
-        "masks": [torch.rand(expressions, HEIGHT, WIDTH, generator=gen) > 0.7 for _ in range(images)],
-    }
+    batch = Batch(
+        encoder_pixels=torch.randn(images, 3, enc.size, enc.size, generator=gen),
+        input_ids=torch.randint(4, vocab, (n, TOKENS), generator=gen),
+        attention_mask=torch.ones(n, TOKENS, dtype=torch.long),
+        image_index=torch.arange(images).repeat_interleave(expressions),
+        groups=[PromptGroup(torch.arange(n))],
+        input_sizes=[spec.resized_size(HEIGHT, WIDTH)] * images,
+        original_sizes=[(HEIGHT, WIDTH)] * images,
+        texts=[""] * n,
+        image_ids=[str(i) for i in range(images)],
+        masks=[torch.rand(expressions, HEIGHT, WIDTH, generator=gen) > 0.7 for _ in range(images)],
+    )
     if model.backend.has_image_encoder:
-        batch["sam_pixels"] = torch.randn(images, 3, spec.size, spec.size, generator=gen)
+        batch.sam_pixels = torch.randn(images, 3, spec.size, spec.size, generator=gen)
     else:
         shapes = model.backend.feature_shapes()
-        batch["image_features"] = {
-            k: torch.randn(images, *s, generator=gen).bfloat16() for k, s in shapes.items()
-        }
-    batch = {k: _to(v, device) for k, v in batch.items()}
-    batch["input_sizes"] = [spec.resized_size(HEIGHT, WIDTH)] * images
-    batch["original_sizes"] = [(HEIGHT, WIDTH)] * images
-    batch["image_of"] = [i for i in range(images) for _ in range(expressions)]  # image_index as a list
-    return batch
+        features = {k: torch.randn(images, *s, generator=gen) for k, s in shapes.items()}
+        batch.image_features = {k: v.bfloat16() for k, v in features.items()}  # as a bf16 store holds them
+    return batch.to(device)
 
 
-def _to(value, device: torch.device):
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
-    return [_to(v, device) for v in value]
-
-
-def forward_naive(model, batch: dict) -> torch.Tensor:
+def low_res_naive(model, batch, image_of: list[int]) -> torch.Tensor:
     """Image encoder per image, BEIT-3 once, one decoder call per expression -> ``[N,1,h,w]``."""
     with torch.no_grad():
-        features = [
-            model.backend.encode_image(batch["sam_pixels"][i : i + 1]) for i in range(len(batch["masks"]))
-        ]
-    keys = ("encoder_pixels", "input_ids", "attention_mask", "image_index")
-    tokens = model.prompt_tokens(*(batch[k] for k in keys))
+        features = [model.backend.encode_image(batch.sam_pixels[i : i + 1]) for i in range(batch.num_images)]
+    inputs = (batch.encoder_pixels, batch.input_ids, batch.attention_mask, batch.image_index)
+    tokens = model.prompt_tokens(*inputs)
     zero = torch.zeros(1, dtype=torch.long, device=tokens.device)
-    outs = [
-        model.backend.decode(features[i], zero, tokens[n : n + 1]).logits
-        for n, i in enumerate(batch["image_of"])
-    ]
+    outs = [model.backend.decode(features[i], zero, tokens[n : n + 1]).logits for n, i in enumerate(image_of)]
     return torch.cat(outs)
 
 
-def forward_evf(model, batch: dict) -> torch.Tensor:
-    keys = ("encoder_pixels", "input_ids", "attention_mask", "image_index")
-    out = model(
-        batch.get("sam_pixels"), *(batch[k] for k in keys), image_features=batch.get("image_features")
-    )
-    return out.logits
+def low_res_evf(model, batch, image_of: list[int]) -> torch.Tensor:
+    """What `evf.decode.decode` runs before postprocessing (one group of text prompts)."""
+    from evf.decode import image_features
+
+    inputs = (batch.encoder_pixels, batch.input_ids, batch.attention_mask, batch.image_index)
+    return model(None, *inputs, image_features=image_features(model, batch)).logits
 
 
-def loss_of(model, batch: dict, variant: str) -> torch.Tensor:
+def logits_naive(model, batch) -> list[torch.Tensor]:
+    low_res = low_res_naive(model, batch, batch.image_index.tolist())
+    sizes = zip(batch.input_sizes, batch.original_sizes, strict=True)
+    index = batch.image_index
+    return [model.backend.postprocess(low_res[index == i], a, b) for i, (a, b) in enumerate(sizes)]
+
+
+def loss_of(model, batch, variant: str) -> torch.Tensor:
+    """The training loss: EVF's variants go through `evf.decode.decode`, what `training_step` runs."""
+    from evf.decode import decode
     from evf.losses import mask_losses
 
-    low_res = (forward_naive if variant == "naive" else forward_evf)(model, batch)
-    index, sizes = batch["image_index"], zip(batch["input_sizes"], batch["original_sizes"], strict=True)
-    logits = [model.backend.postprocess(low_res[index == i], a, b) for i, (a, b) in enumerate(sizes)]
-    terms = mask_losses(logits, batch["masks"])
+    if variant == "naive":
+        logits = logits_naive(model, batch)
+    else:
+        logits = [p.logits for p in decode(model, batch)]
+    terms = mask_losses(logits, batch.masks)
     return terms["bce"] + terms["dice"]
 
 
@@ -155,8 +155,11 @@ def measure(args: argparse.Namespace, name: str, variant: str, expressions: int)
     with meta:
         meta_model = build(name, variant, meta)
     meta_batch = synthetic_batch(meta_model, args.images, expressions, meta)
-    forward = forward_naive if variant == "naive" else forward_evf  # the loss adds no matmul FLOPs
-    flops = count_flops(lambda: forward(meta_model, meta_batch).float().sum().backward())
+    # Low-res logits only: postprocessing and the loss add no matmul FLOPs (and boolean indexing
+    # cannot run on the meta device).
+    forward = low_res_naive if variant == "naive" else low_res_evf
+    image_of = [i for i in range(args.images) for _ in range(expressions)]
+    flops = count_flops(lambda: forward(meta_model, meta_batch, image_of).float().sum().backward())
     torch.manual_seed(0)
     model = build(name, variant, device)
     batch = synthetic_batch(model, args.images, expressions, device)

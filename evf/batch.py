@@ -160,8 +160,11 @@ class BatchBuilder:
             batch.masks = [torch.from_numpy(np.ascontiguousarray(s.masks)) for s in samples]
         return batch
 
-    def images(self, images: Sequence[np.ndarray], image_ids: Sequence[str] = ()) -> ImageInputs:
-        """The image side of a batch: encoder pixels, and backend pixels or stored features."""
+    def images(
+        self, images: Sequence[np.ndarray], image_ids: Sequence[str] = (), backend_pixels: bool = True
+    ) -> ImageInputs:
+        """The image side of a batch: encoder pixels, and backend pixels or stored features
+        (neither with ``backend_pixels=False``: the caller has the features)."""
         for image in images:
             check_rgb_uint8(image)
         encoder_size = self.encoder.image.size
@@ -172,6 +175,8 @@ class BatchBuilder:
             input_sizes=[self.backend_image.resized_size(*im.shape[:2]) for im in images],
             original_sizes=[tuple(im.shape[:2]) for im in images],
         )
+        if not backend_pixels:
+            return out
         if self.features is None:
             size = self.backend_image.size
             out.sam_pixels = _stack([self.backend_image(im) for im in images], (3, size, size))

@@ -17,10 +17,10 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from evf.datamodules import EVFDataModule
-from evf.datamodules.predict import PredictDataModule, collect_inputs
+from evf.datamodules.predict import MaskWriter, PredictDataModule
+from evf.inputs import collect_inputs
 from evf.lightning_compat import SubcommandArgumentsCLI
 from evf.module import EVFSAMModule
-from evf.prediction import MaskWriter
 
 # Extra tools: name -> (module:function, one-line help). Each is a typed function run by jsonargparse,
 # or an `EVFCLI` subclass (a tool that reads training configs: `--config FILE` plus its own options).

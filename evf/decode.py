@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from evf.batch import Batch
+from evf.batch import Batch, ImageInputs
 from evf.model import EVFSAM
 from evf.sam_backends import ImageFeatures
 
@@ -27,7 +27,8 @@ class Prediction:
         masks: ``[n,H,W]`` bool, ``logits > threshold``.
         scores: ``[n]`` the decoder's predicted IoU of each mask.
         presence: ``[n]`` probability that each prompt's target is in the image; None for models
-            without a presence head (read as 1.0).
+            without a presence head (read as 1.0). No model has one yet: the field is the place the
+            generalized-referring work fills.
     """
 
     logits: torch.Tensor
@@ -36,14 +37,16 @@ class Prediction:
     presence: torch.Tensor | None = None
 
 
-def image_features(model: EVFSAM, batch: Batch) -> ImageFeatures:
-    """The batch's image features: read from the store (``batch.image_features``) or computed by the
-    backend's image encoder, once per image, from ``batch.sam_pixels``."""
-    if batch.image_features is not None:
-        return batch.image_features
-    if batch.sam_pixels is None:
+def image_features(model: EVFSAM, inputs: Batch | ImageInputs) -> ImageFeatures:
+    """The image features of a batch (or of `ImageInputs`), in the mask decoder's dtype: read from
+    the store (``image_features``) or computed by the backend's image encoder, once per image, from
+    ``sam_pixels``."""
+    if inputs.image_features is not None:  # e.g. bf16 rows of an embedding store
+        dtype = _dtype(model.backend.mask_decoder)
+        return {k: v.to(dtype) for k, v in inputs.image_features.items()}
+    if inputs.sam_pixels is None:
         raise ValueError("a batch needs sam_pixels or image_features")
-    return model.encode_images(batch.sam_pixels.to(_dtype(model.backend)))
+    return model.encode_images(inputs.sam_pixels.to(_dtype(model.backend)))
 
 
 def decode(
@@ -55,11 +58,13 @@ def decode(
         model: the model.
         batch: images and prompts from `evf.batch.BatchBuilder`.
         threshold: logit threshold of the masks.
-        features: this batch's image features when the caller already has them (`evf.Predictor`);
-            otherwise `image_features`.
+        features: this batch's image features when the caller already has them (`evf.Predictor`),
+            in the decoder's dtype; otherwise `image_features`.
     """
     if batch.num_images == 0:
         return []
+    if not batch.groups:  # images without prompts
+        return [_empty(size, batch.encoder_pixels.device) for size in batch.original_sizes]
     features = image_features(model, batch) if features is None else features
     low_res, iou = _decode_groups(model, batch, features)
     predictions = []
@@ -89,6 +94,11 @@ def _decode_groups(model: EVFSAM, batch: Batch, features: ImageFeatures) -> tupl
         return outputs[0][1], outputs[0][2]
     order = torch.cat([rows for rows, _, _ in outputs]).argsort()
     return torch.cat([lg for _, lg, _ in outputs])[order], torch.cat([s for _, _, s in outputs])[order]
+
+
+def _empty(size: tuple[int, int], device: torch.device) -> Prediction:
+    logits = torch.zeros(0, *size, device=device)
+    return Prediction(logits=logits, masks=logits > 0, scores=torch.zeros(0, device=device))
 
 
 def _dtype(module: torch.nn.Module) -> torch.dtype:

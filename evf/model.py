@@ -1,7 +1,9 @@
 """`EVFSAM`: multimodal encoder -> projector -> one sparse prompt token -> SAM backend.
 
-A pure ``nn.Module``: no Lightning, no losses. The SAM image encoder runs once per image; all
-expressions of all images in a batch decode in one mask-decoder call.
+A pure ``nn.Module``: no Lightning, no losses, no preprocessing. The SAM image encoder runs once
+per image; `EVFSAM.forward` decodes the prompts it is given (any number, over any images) in one
+mask-decoder call. The path from a batch to masks is `evf.decode.decode`; interactive use is
+`evf.Predictor`.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ class EVFSAM(nn.Module):
             if sam_pixels is None:
                 raise ValueError("EVFSAM.forward needs sam_pixels or image_features")
             image_features = self.encode_images(sam_pixels)
-        else:  # e.g. bf16 rows of an embedding cache: decode in the decoder's own dtype
+        else:  # given features (e.g. bf16 store rows) decode in the decoder's dtype (no copy if equal)
             dtype = next(self.backend.mask_decoder.parameters()).dtype
             image_features = {k: v.to(dtype) for k, v in image_features.items()}
         tokens = None
@@ -180,6 +182,8 @@ def prompts_from_arrays(
     for i in range(counts.pop()):
         text = None if texts is None else texts[i]
         if isinstance(text, Prompt):
+            if points is not None or boxes is not None:
+                raise ValueError(f"prompt {i} is a Prompt: give its points and box inside it, not beside it")
             prompts.append(text)
             continue
         xy = () if points is None else np.asarray(points[i], dtype=np.float32).reshape(-1, 2)

@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 from evf.batch import Batch, BatchBuilder
-from evf.datamodules.predict import collect_inputs, predict_loader
 from evf.decode import Prediction, decode
+from evf.inputs import collect_inputs, predict_loader
 from evf.model import EVFSAM
 from evf.predictor import Predictor, autocast_to
 from evf.prompts import Prompt
@@ -45,7 +44,8 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
 
 @dataclass
 class PredictionWriter:
-    """Collects the records of a run and writes its files (no Lightning; see `MaskWriter`).
+    """Collects the records of a run and writes its files (no Lightning; ``evf predict`` wraps it in
+    `evf.datamodules.predict.MaskWriter`).
 
     Attributes:
         output: folder for the PNGs and JSON files; None keeps the records in memory only.
@@ -78,9 +78,14 @@ class PredictionWriter:
             self.records.append({**record, "rle": encode_rle(mask)})
 
     def add_batch(self, batch: Batch, predictions: Sequence[Prediction]) -> None:
-        """Record every image of a prediction batch (with ``images`` and ``prompts``)."""
+        """Record every image of a prediction batch (`evf.inputs.PredictBatches`: it keeps the
+        original images, on which the overlays are drawn)."""
+        if batch.images is None:
+            raise ValueError(
+                "a prediction batch keeps its original images (build it with evf.inputs.PredictBatches)"
+            )
         for image, image_id, prompts, result in zip(
-            batch.images or [], batch.image_ids, batch.image_prompts(), predictions, strict=True
+            batch.images, batch.image_ids, batch.image_prompts(), predictions, strict=True
         ):
             self.add(image, image_id, prompts, result.masks, result.scores)
 
@@ -114,28 +119,6 @@ class PredictionWriter:
             return ""
         lines = [f"{len(self.failures)} image(s) could not be read:"]
         return "\n".join(lines + [f"  {f['image']}: {f['error']}" for f in self.failures])
-
-
-class MaskWriter(BasePredictionWriter):
-    """`PredictionWriter` as a Lightning callback for ``evf predict`` (writes after every batch)."""
-
-    def __init__(self, output: str | Path) -> None:
-        super().__init__(write_interval="batch")
-        self.writer = PredictionWriter(Path(output))
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        self.writer.start()
-
-    def write_on_batch_end(
-        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
-    ):
-        for failure in batch.failures:
-            self.writer.fail(failure)
-        self.writer.add_batch(batch, prediction)
-
-    def on_predict_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            self.writer.finish()
 
 
 @dataclass
@@ -213,7 +196,6 @@ def predict_prompts(
 
 
 __all__ = [
-    "MaskWriter",
     "PredictionReport",
     "PredictionWriter",
     "encode_rle",

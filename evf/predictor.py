@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from evf.batch import BatchBuilder, ImageInputs
-from evf.decode import Prediction, decode
+from evf.decode import Prediction, decode, image_features
 from evf.model import EVFSAM
 from evf.prompts import Prompt
 from evf.sam_backends import ImageFeatures
@@ -61,14 +62,38 @@ class Predictor:
     @torch.no_grad()
     def set_image(self, image: np.ndarray, features: ImageFeatures | None = None) -> None:
         """Preprocess ``image`` (uint8 ``[H,W,3]`` RGB) and run the backend's image encoder on it once,
-        unless its ``features`` (each ``[1,*shape]``, e.g. from an embedding store) are given."""
-        self._image = self.builder.images([image])
-        if features is None:
-            with autocast_to(self.device, self.dtype):
-                features = self.model.encode_images(
-                    self._image.sam_pixels.to(self.device, next(self.model.backend.parameters()).dtype)
-                )
+        unless its ``features`` are given: one image's rows (`SamBackend.feature_shapes`, e.g. what
+        `evf.cache.EmbeddingStore.read` returns), with or without a leading image dimension of 1.
+
+        Raises:
+            ValueError: not a uint8 RGB image, or features of other names or shapes.
+        """
+        inputs = self.builder.images([image], backend_pixels=features is None)
+        with autocast_to(self.device, self.dtype):
+            if features is None:
+                features = image_features(self.model, inputs)
+            else:
+                features = self._checked(features)
+        # Only what `predict` reads stays, on the device: the backend pixels are not needed again.
+        self._image = replace(inputs, sam_pixels=None, encoder_pixels=inputs.encoder_pixels.to(self.device))
         self._features = {k: v.to(self.device) for k, v in features.items()}
+
+    def _checked(self, features: ImageFeatures) -> ImageFeatures:
+        shapes = self.model.backend.feature_shapes()
+        if set(features) != set(shapes):
+            raise ValueError(f"features have keys {sorted(features)}, the backend expects {sorted(shapes)}")
+        out = {}
+        for key, shape in shapes.items():
+            value = features[key]
+            if tuple(value.shape) == tuple(shape):
+                value = value[None]
+            if tuple(value.shape) != (1, *shape):
+                raise ValueError(
+                    f"features[{key!r}] has shape {tuple(value.shape)}, "
+                    f"expected {tuple(shape)} or {(1, *shape)}"
+                )
+            out[key] = value
+        return out
 
     def reset_image(self) -> None:
         """Forget the current image and its features."""

@@ -10,7 +10,7 @@ import torch
 
 from evf.cli import main
 from evf.datamodules import ShapesDataModule
-from evf.datamodules.predict import read_manifest
+from evf.inputs import read_manifest
 from evf.io import read_rgb
 from evf.losses import mask_losses
 from evf.module import EVFSAMModule

@@ -80,3 +80,12 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_the_training_module_does_not_import_prediction_outputs():
     graph = _graph()
     assert "evf.prediction" not in graph["evf.module"] and "evf.datamodules" not in graph["evf.module"]
+
+
+def test_import_evf_does_not_load_lightning():
+    import subprocess
+    import sys
+
+    code = "import sys, evf; print(any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

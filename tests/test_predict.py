@@ -12,9 +12,10 @@ from pycocotools import mask as mask_utils
 
 import evf
 from evf.cli import main
-from evf.datamodules.predict import Prompt, collect_inputs, read_manifest
+from evf.inputs import collect_inputs, read_manifest
 from evf.module import EVFSAMModule
 from evf.prediction import predict_images
+from evf.prompts import Prompt
 
 PROMPTS = ["the red circle", "the blue square on the left"]
 CPU = ["--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]

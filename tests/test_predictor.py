@@ -12,6 +12,7 @@ from segment_anything.modeling import ImageEncoderViT
 
 import evf
 from evf.cli import main
+from evf.decode import decode
 from evf.module import EVFSAMModule
 
 MIXED = [
@@ -63,14 +64,67 @@ def test_each_prompt_of_a_mix_equals_its_own_prediction(tiny_model):
         torch.testing.assert_close(together.scores[k : k + 1], alone.scores, atol=1e-5, rtol=1e-5)
 
 
-def test_model_predict_is_the_predictor(tiny_model):
+def test_parallel_arrays_of_model_predict_become_the_same_prompts(tiny_model):
     model = tiny_model.eval()
     image = _image(2)
     predictor = evf.Predictor(model)
     predictor.set_image(image)
-    ours = predictor.predict(["the red circle", "the square"])
-    theirs = model.predict(image, ["the red circle", "the square"])
+    ours = predictor.predict([evf.Prompt("the red circle", points=((10, 12), (30, 40)), point_labels=(1, 0),
+                                         box=(5, 6, 40, 50)), evf.Prompt("the square", points=((20, 20),),
+                                         box=(0, 0, 20, 30))])  # fmt: skip
+    points = [np.array([[10.0, 12.0], [30.0, 40.0]]), np.array([[20.0, 20.0]])]
+    theirs = model.predict(image, ["the red circle", "the square"], points=points,
+                           point_labels=[np.array([1, 0]), np.array([1])],
+                           boxes=np.array([[5, 6, 40, 50], [0, 0, 20, 30]], dtype=np.float32))  # fmt: skip
     torch.testing.assert_close(ours.logits, theirs.logits)
+    with pytest.raises(ValueError, match="give its points and box inside it"):
+        model.predict(image, [evf.Prompt("x")], boxes=np.zeros((1, 4), dtype=np.float32))
+
+
+def test_store_rows_as_features_give_the_masks_of_the_image_encoder(tiny_model):
+    model = tiny_model.eval()
+    image = _image(4)
+    predictor = evf.Predictor(model)
+    predictor.set_image(image)
+    expected = predictor.predict(MIXED)
+    rows = {k: v[0].clone() for k, v in predictor._features.items()}  # one image's row, as a store gives
+    other = evf.Predictor(model)
+    other.set_image(image, features=rows)
+    torch.testing.assert_close(other.predict(MIXED).logits, expected.logits)
+    with pytest.raises(ValueError, match="expected"):
+        other.set_image(image, features={k: v[..., :-1] for k, v in rows.items()})
+    with pytest.raises(ValueError, match="keys"):
+        other.set_image(image, features={"other": rows["image_embeddings"]})
+
+
+def test_predict_keeps_no_backend_pixels_and_a_failed_set_image_keeps_the_old_image(tiny_model, monkeypatch):
+    model = tiny_model.eval()
+    predictor = evf.Predictor(model)
+    predictor.set_image(_image(5))
+    assert predictor._image.sam_pixels is None  # decoder-time prompts move no full-size pixels
+    before = predictor.predict("the red circle").logits
+
+    def failing(pixels):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model, "encode_images", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        predictor.set_image(_image(6, 90, 40))
+    torch.testing.assert_close(predictor.predict("the red circle").logits, before)
+
+
+def test_images_without_prompts_decode_to_no_masks(tiny_model):
+    model = tiny_model.eval()
+    builder = evf.Predictor(model).builder
+    images = builder.images([_image(0), _image(1, 30, 40)])
+    batch = builder.text_batch(images, [[], []], ["a", "b"])
+    with torch.no_grad():
+        predictions = decode(model, batch)
+    assert [p.logits.shape for p in predictions] == [(0, 60, 80), (0, 30, 40)]
+    mixed = builder.text_batch(images, [[], ["the red circle"]], ["a", "b"])
+    with torch.no_grad():
+        predictions = decode(model, mixed)
+    assert [p.logits.shape for p in predictions] == [(0, 60, 80), (1, 30, 40)]
 
 
 def test_predict_without_an_image_or_prompts_is_a_clear_error(tiny_model):
@@ -115,12 +169,18 @@ def two_images(tmp_path):
     return paths, manifest
 
 
-@pytest.mark.parametrize("batch_size", [1, 2])
-def test_predict_images_encodes_each_image_once(tiny_model, two_images, encoder_calls, batch_size):
-    paths, manifest = two_images
-    report = evf.predict_images(tiny_model, manifest=manifest, batch_size=batch_size, progress=False)
-    assert len(report.records) == 2 * len(MIXED)
-    assert encoder_calls == [batch_size] * (2 // batch_size)
+def test_predict_images_encodes_each_image_once_at_any_batch_size(tiny_model, two_images, encoder_calls):
+    _, manifest = two_images
+    reports = {}
+    for batch_size in (1, 2):
+        encoder_calls.clear()
+        reports[batch_size] = evf.predict_images(
+            tiny_model, manifest=manifest, batch_size=batch_size, progress=False
+        )
+        assert encoder_calls == [batch_size] * (2 // batch_size)
+    assert len(reports[1].records) == 2 * len(MIXED)
+    for one, two in zip(reports[1].records, reports[2].records, strict=True):
+        assert one["rle"] == two["rle"] and abs(one["score"] - two["score"]) < 1e-5
 
 
 def test_evf_predict_encodes_each_image_once(tmp_path, two_images, encoder_calls):
@@ -137,7 +197,7 @@ def test_evf_predict_encodes_each_image_once(tmp_path, two_images, encoder_calls
     assert encoder_calls == [2]
 
 
-def test_lightning_moves_a_batch_with_its_to_method(shapes_batch):
+def test_lightning_moves_a_batch_with_its_to_method(shapes_batch, tiny_model):
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
     moved = move_data_to_device(shapes_batch, torch.device("meta"))
@@ -145,17 +205,13 @@ def test_lightning_moves_a_batch_with_its_to_method(shapes_batch):
     tensors = [moved.sam_pixels, moved.encoder_pixels, moved.input_ids, *moved.masks, moved.groups[0].rows]
     assert all(t.device.type == "meta" for t in tensors)
     assert shapes_batch.sam_pixels.device.type == "cpu"  # a copy: the original stays where it was
-
-
-def test_evf_predict_reports_a_malformed_point_in_one_line(tmp_path, two_images, capsys):
-    paths, _ = two_images
-    module = EVFSAMModule("beit3_tiny", "sam_tiny")
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(tmp_path / "m.ckpt")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["predict", f"--ckpt_path={tmp_path / 'm.ckpt'}", f"--image={paths[0]}", "--point", "12",
-              "--trainer.accelerator=cpu", "--trainer.logger=false"])  # fmt: skip
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2
-    assert "evf predict: error: a point is 'x,y' or 'x,y,label', got '12'" in err and "Traceback" not in err
+    builder = evf.Predictor(tiny_model).builder
+    images = builder.images([_image()])
+    images.image_features = {"image_embeddings": torch.zeros(1, 64, 16, 16)}
+    batch = move_data_to_device(builder.prompt_batch(images, [MIXED], ["a"]), torch.device("meta"))
+    geometry = [
+        t for g in batch.groups for t in (g.boxes, *(() if g.points is None else g.points.__dict__.values()))
+    ]
+    assert len([t for t in geometry if t is not None]) >= 4
+    assert all(t.device.type == "meta" for t in geometry if t is not None)
+    assert batch.image_features["image_embeddings"].device.type == "meta"
