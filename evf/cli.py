@@ -31,6 +31,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "annotate-objects365": ("evf.tools.annotate_objects365:main", "SAM masks for Objects365 boxes"),
     "cache-embeddings": ("evf.tools.cache_embeddings:CacheEmbeddingsCLI", "SAM image features to disk"),
     "export": ("evf.tools.export:export", "a .ckpt in the released EVF-SAM layout (--ckpt_path, --output)"),
+    "pretrain-sam": ("evf.tools.pretrain_sam:pretrain_sam", "train sam_tiny on shapes with SAM's objective"),
 }
 
 SUBCOMMAND_HELP = "subcommands: fit, validate, test, predict (LightningCLI; `evf SUBCOMMAND --help`)"

@@ -48,3 +48,14 @@ class ReferringIoU(Metric):
             self.iou_sum / self.count if self.count > 0 else torch.tensor(float("nan"), dtype=torch.float64)
         )
         return {"ciou": ciou.float(), "giou": giou.float()}
+
+
+def pooled(metrics: list[ReferringIoU]) -> ReferringIoU:
+    """One `ReferringIoU` over the expressions of several (e.g. every validation split): cIoU pools
+    all intersections and unions, gIoU averages over every expression. Its ``compute`` syncs across
+    processes like any of them."""
+    total = ReferringIoU().to(metrics[0].intersection.device if metrics else "cpu")
+    for metric in metrics:
+        for name in ("intersection", "union", "iou_sum", "count"):
+            setattr(total, name, getattr(total, name) + getattr(metric, name))
+    return total

@@ -16,7 +16,7 @@ from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder
 from evf.decode import Prediction, decode
 from evf.lightning_compat import attached_trainer
 from evf.losses import mask_losses
-from evf.metrics import ReferringIoU
+from evf.metrics import ReferringIoU, pooled
 from evf.model import EVFSAM, TrainableParts, create_model
 from evf.pretrained import ReleaseConfig, load_release_weights
 from evf.results import write_results
@@ -215,12 +215,18 @@ class EVFSAMModule(L.LightningModule):
             m.reset()
 
     def _log_metrics(self, metrics: nn.ModuleList, stage: str, prefix: str) -> dict[str, float]:
-        """Log ``<prefix>/<split>/<metric>`` (and its ``hp/`` copy); rank 0 writes the results table."""
+        """Log ``<prefix>/<split>/<metric>`` and ``<prefix>/<metric>`` over every split together (what
+        configs monitor: it exists whatever the data), each with its ``hp/`` copy; rank 0 writes the
+        results table."""
+        names = self._split_names(stage)
         per_split = {
             name: {key: float(value) for key, value in metric.compute().items()}
-            for name, metric in zip(self._split_names(stage), metrics, strict=False)
+            for name, metric in zip(names, metrics, strict=False)
         }
         results = {f"{prefix}/{name}/{key}": v for name, vals in per_split.items() for key, v in vals.items()}
+        if per_split:
+            overall = pooled(list(metrics)[: len(names)]).compute()
+            results.update({f"{prefix}/{key}": float(value) for key, value in overall.items()})
         self.log_dict(results, add_dataloader_idx=False, sync_dist=False)
         if self.trainer.sanity_checking or not self.trainer.is_global_zero or not per_split:
             return results
@@ -240,6 +246,7 @@ class EVFSAMModule(L.LightningModule):
         self._hparams_logged = True
         names = self._split_names(stage)
         metrics = {f"hp/{prefix}/{name}/{key}": float("nan") for name in names for key in ("ciou", "giou")}
+        metrics.update({f"hp/{prefix}/{key}": float("nan") for key in ("ciou", "giou")})
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(self.hparams, metrics)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from evf.batch import Batch
 
-PRED_COLOUR = np.array([50, 120, 220], dtype=np.float32)  # blue: prediction
-TRUE_COLOUR = np.array([240, 200, 40], dtype=np.uint8)  # yellow: ground-truth outline
+# Colours no shapes object has (red, green, blue, yellow) and that stand out on grey.
+PRED_COLOUR = np.array([230, 40, 230], dtype=np.float32)  # magenta: prediction, filled
+TRUE_COLOUR = np.array([0, 255, 255], dtype=np.uint8)  # cyan: ground truth, outlined
+TILE = 256  # px, longest side of one expression's tile
 
 
 def denormalise(
@@ -22,14 +24,19 @@ def denormalise(
     return x.clamp(0, 255).byte().permute(1, 2, 0).numpy()
 
 
-def overlay(image: np.ndarray, pred: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
-    """Blend the predicted mask into ``image`` (uint8 HxWx3) and outline the true mask."""
+def overlay(
+    image: np.ndarray, pred: np.ndarray, target: np.ndarray | None = None, edge: int = 1
+) -> np.ndarray:
+    """Fill the predicted mask into ``image`` (uint8 HxWx3, half magenta) and outline the true mask in
+    cyan, ``edge`` pixels wide."""
     out = image.astype(np.float32)
     out[pred] = 0.5 * out[pred] + 0.5 * PRED_COLOUR
     out = out.astype(np.uint8)
     if target is not None:
-        edge = target & ~_erode(target)
-        out[edge] = TRUE_COLOUR
+        inner = target
+        for _ in range(edge):
+            inner = _erode(inner)
+        out[target & ~inner] = TRUE_COLOUR
     return out
 
 
@@ -38,22 +45,60 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     return m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
 
 
-def captioned(tile: np.ndarray, text: str, height: int = 160) -> np.ndarray:
-    """Resize a tile to ``height`` and write ``text`` under it."""
-    h, w = tile.shape[:2]
-    width = max(int(w * height / h), 1)
-    img = Image.fromarray(tile).resize((width, height), Image.Resampling.NEAREST)
-    canvas = Image.new("RGB", (max(width, 200), height + 14), (0, 0, 0))
-    canvas.paste(img, (0, 0))
-    ImageDraw.Draw(canvas).text((2, height + 1), text[:40], fill=(255, 255, 255))
+def _font(size: int = 14) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _upscale(array: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize so that the longest side is ``size`` (masks stay masks)."""
+    h, w = array.shape[:2]
+    scale = size / max(h, w)
+    shape = (max(round(w * scale), 1), max(round(h * scale), 1))
+    if array.dtype == bool:
+        return np.asarray(Image.fromarray(array).resize(shape, Image.Resampling.NEAREST))
+    return np.asarray(Image.fromarray(array).resize(shape, Image.Resampling.BILINEAR))
+
+
+def captioned(tile: np.ndarray, lines: list[str], width: int = TILE) -> np.ndarray:
+    """``tile`` on a black canvas ``width`` wide with ``lines`` of text under it (long lines cut)."""
+    font = _font()
+    line_height = 17
+    canvas = Image.new("RGB", (width, tile.shape[0] + 4 + line_height * len(lines)), (0, 0, 0))
+    canvas.paste(Image.fromarray(tile), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, text in enumerate(lines):
+        while text and draw.textlength(text, font=font) > width - 4:
+            text = text[:-2] + "…"
+        draw.text((2, tile.shape[0] + 2 + k * line_height), text, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+def tile(image: np.ndarray, pred: np.ndarray, target: np.ndarray, text: str, size: int = TILE) -> np.ndarray:
+    """One expression: image, prediction and truth upscaled to ``size`` px (a 20 px shape of a 128 px
+    image becomes 40 px), prediction filled, truth outlined, the expression and the IoU under it."""
+    inter, union = (pred & target).sum(), (pred | target).sum()
+    iou = inter / union if union else 1.0
+    drawn = overlay(_upscale(image, size), _upscale(pred, size), _upscale(target, size), edge=2)
+    return captioned(drawn, [text, f"IoU {iou:.2f}"], width=size)
+
+
+def legend(width: int) -> np.ndarray:
+    """A strip saying which colour is which."""
+    canvas = Image.new("RGB", (width, 24), (0, 0, 0))
+    draw, font = ImageDraw.Draw(canvas), _font()
+    draw.rectangle((4, 5, 18, 19), fill=tuple(int(c) for c in PRED_COLOUR))
+    draw.text((24, 4), "prediction (fill)", fill=(255, 255, 255), font=font)
+    draw.rectangle((170, 5, 184, 19), outline=tuple(int(c) for c in TRUE_COLOUR), width=2)
+    draw.text((190, 4), "ground truth (outline)", fill=(255, 255, 255), font=font)
     return np.asarray(canvas)
 
 
 def overlay_grid(
     images: list[np.ndarray], batch: Batch, logits: list[torch.Tensor], max_items: int, columns: int = 4
 ) -> np.ndarray:
-    """A grid of up to ``max_items`` expressions of a batch: prediction blended, truth outlined,
-    each captioned with its expression. ``images`` are the batch's images at original size."""
+    """A grid of up to ``max_items`` expressions of a batch under a legend: each tile the image with
+    the prediction filled and the truth outlined, its expression and IoU under it. ``images`` are
+    the batch's images at original size."""
     tiles = []
     seen: dict[int, int] = {}
     for n, i in enumerate(batch.image_index.tolist()[:max_items]):
@@ -61,8 +106,9 @@ def overlay_grid(
         seen[i] = j + 1
         pred = (logits[i][j] > 0).cpu().numpy()
         target = batch.masks[i][j].cpu().numpy().astype(bool)
-        tiles.append(captioned(overlay(images[i], pred, target), batch.texts[n]))
-    return _grid(tiles, columns)
+        tiles.append(tile(images[i], pred, target, batch.texts[n]))
+    grid = _grid(tiles, columns)
+    return np.concatenate([legend(max(grid.shape[1], 400))[:, : grid.shape[1]], grid])
 
 
 def heatmap(image: np.ndarray, attention: np.ndarray) -> np.ndarray:
@@ -82,7 +128,10 @@ def attention_grid(
     [CLS]-to-patch attention ``[n,h,w]`` over the image, captioned with the expression."""
     index = batch.image_index.tolist()
     tiles = [
-        captioned(heatmap(images[index[n]], attention[n].detach().float().cpu().numpy()), batch.texts[n])
+        captioned(
+            heatmap(_upscale(images[index[n]], TILE), attention[n].detach().float().cpu().numpy()),
+            [batch.texts[n]],
+        )
         for n in range(len(attention))
     ]
     return _grid(tiles, columns)

@@ -86,6 +86,9 @@ def test_import_evf_does_not_load_lightning():
     import subprocess
     import sys
 
-    code = "import sys, evf; print(any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in sys.modules))"
+    code = (
+        "import sys, evf\n"
+        "print(any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -54,7 +54,7 @@ def test_hyperparameters_are_logged_with_the_hp_metrics(events):
     content = events.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     metrics = {m.name.tag for m in experiment.metric_infos}
-    assert metrics == {"hp/val/shapes/val/ciou", "hp/val/shapes/val/giou"}
+    assert metrics == {"hp/val/shapes/val/ciou", "hp/val/shapes/val/giou", "hp/val/ciou", "hp/val/giou"}
     hparams = {h.name for h in experiment.hparam_infos}
     assert {"encoder", "backend", "optim/lr", "trainable/image_encoder", "loss/dice"} <= hparams
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])

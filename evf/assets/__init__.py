@@ -7,3 +7,7 @@ ASSETS = Path(__file__).parent
 # the tiny encoders use it so the quickstart needs no download. Rebuild with
 # `python -m evf.datamodules.shapes --write-tokenizer evf/assets/shapes_tokenizer.model`.
 SHAPES_TOKENIZER = ASSETS / "shapes_tokenizer.model"
+# sam_tiny pretrained on shapes scenes with SAM's interactive objective (point and box prompts),
+# the quickstart's frozen SAM. Rebuild with `evf pretrain-sam` (evf/tools/pretrain_sam.py); its
+# report (steps, time, point/box mIoU) is the .json beside it.
+SAM_TINY_SHAPES = ASSETS / "sam_tiny_shapes.pt"

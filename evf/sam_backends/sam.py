@@ -60,7 +60,7 @@ class SamViTBackend(SamBackend):
     ) -> DecoderOutput:
         sparse, dense = self._embed_prompts(len(image_index), text_tokens, points, boxes)
         embeddings = features["image_embeddings"][image_index]
-        logits, iou = self._predict_masks(embeddings, sparse, dense)
+        logits, iou = self.predict_masks(embeddings, sparse, dense)
         return DecoderOutput(logits=logits[:, :1], iou=iou[:, :1])
 
     def _embed_prompts(
@@ -78,11 +78,15 @@ class SamViTBackend(SamBackend):
             sparse = torch.cat([sparse, text_tokens.to(sparse.dtype)], dim=1)
         return sparse, dense
 
-    def _predict_masks(
+    def predict_masks(
         self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Upstream ``MaskDecoder.predict_masks``, but with image embeddings already gathered per
-        expression (``[N,C,h,w]``), so expressions of different images decode in one call."""
+        expression (``[N,C,h,w]``), so expressions of different images decode in one call.
+
+        Returns every mask token's logits ``[N,4,h,w]`` (token 0: single-mask output; 1-3: the
+        multimask outputs) and predicted IoUs ``[N,4]`` (`evf.tools.pretrain_sam` trains them all).
+        """
         dec = self.sam.mask_decoder
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)

@@ -164,8 +164,9 @@ def _mean_std(numbers: list[float]) -> tuple[float, float | None] | None:
 
 def _column_of(key: str) -> str | None:
     for prefix, label in STAGE_PREFIX.items():
-        if key.startswith(prefix) and key.endswith(("/ciou", "/giou")):
-            split, name = key[len(prefix) :].rsplit("/", 1)
+        rest = key[len(prefix) :]  # "<split>/<metric>"; the pooled "val/ciou" has no split: no column
+        if key.startswith(prefix) and key.endswith(("/ciou", "/giou")) and "/" in rest:
+            split, name = rest.rsplit("/", 1)
             return f"{label}{split} {'cIoU' if name == 'ciou' else 'gIoU'}"
     return None
 
