@@ -20,7 +20,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps --no-build-isolation torchscale==0.3.0 fairscale==0.4.0
 	touch $@
 
+# The frozen SAM's image features go to the config's embedding cache first (a rerun skips what is done).
 quickstart: setup
+	$(VENV)/bin/evf cache-embeddings --config configs/quickstart.yaml
 	$(VENV)/bin/evf fit --config configs/quickstart.yaml
 
 test: setup

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from evf.losses import dice, mask_losses, sigmoid_bce
-from evf.metrics import ReferringIoU
+from evf.metrics import ReferringIoU, pooled
 
 
 def reference_ious(preds, targets):
@@ -48,3 +48,19 @@ def test_losses_reward_the_right_mask():
     assert dice(torch.full((1, 8, 8), -10.0), empty).item() < 0.01  # empty predicted empty costs ~0
     terms = mask_losses([good[:1], good[1:]], [target[:1], target[1:]])
     assert set(terms) == {"bce", "dice"} and terms["bce"] < 1e-3
+
+
+def test_pooled_metric_sums_the_splits_states():
+    gen = torch.Generator().manual_seed(0)
+    splits = [ReferringIoU(), ReferringIoU()]
+    masks = []
+    for metric, n in zip(splits, (3, 5), strict=True):
+        pred, target = torch.rand(n, 9, 9, generator=gen) > 0.5, torch.rand(n, 9, 9, generator=gen) > 0.6
+        metric.update(pred, target)
+        masks.append((pred, target))
+    pred, target = torch.cat([p for p, _ in masks]), torch.cat([t for _, t in masks])
+    inter, union = (pred & target).flatten(1).sum(1).double(), (pred | target).flatten(1).sum(1).double()
+    total = pooled(splits).compute()
+    assert float(total["ciou"]) == pytest.approx(float(inter.sum() / union.sum()), rel=1e-6)
+    assert float(total["giou"]) == pytest.approx(float((inter / union).mean()), rel=1e-6)
+    assert float(splits[0].compute()["ciou"]) != pytest.approx(float(total["ciou"]))  # not a copy of one split
