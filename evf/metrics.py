@@ -54,8 +54,10 @@ def pooled(metrics: list[ReferringIoU]) -> ReferringIoU:
     """One `ReferringIoU` over the expressions of several (e.g. every validation split): cIoU pools
     all intersections and unions, gIoU averages over every expression. Its ``compute`` syncs across
     processes like any of them."""
-    total = ReferringIoU().to(metrics[0].intersection.device if metrics else "cpu")
+    device = metrics[0].intersection.device if metrics else torch.device("cpu")
+    total = ReferringIoU().to(device)
+    empty = torch.zeros(0, 1, 1, dtype=torch.bool, device=device)
+    total.update(empty, empty)  # adds nothing; marks the metric updated, so compute() does not warn
     for metric in metrics:
-        for name in ("intersection", "union", "iou_sum", "count"):
-            setattr(total, name, getattr(total, name) + getattr(metric, name))
+        total.merge_state(metric)
     return total

@@ -35,6 +35,11 @@ class OptimConfig:
         warmup_steps: linear warmup from 0 to ``lr``.
         schedule: ``linear`` decays to 0 at the last step; ``constant`` keeps ``lr``.
         image_encoder_lr_scale: lr multiplier for the SAM image encoder when it trains.
+        decoder_lr_scale: lr multiplier for SAM's prompt encoder and mask decoder, which arrive
+            pretrained while the multimodal encoder and the projector may start from scratch.
+        decoder_start_step: SAM's prompt encoder and mask decoder keep their weights (lr 0) for this
+            many steps, then follow the schedule: the text side first learns to prompt the
+            pretrained decoder, before the decoder adapts to it.
     """
 
     lr: float = 1e-4
@@ -43,6 +48,8 @@ class OptimConfig:
     warmup_steps: int = 0
     schedule: Literal["linear", "constant"] = "linear"
     image_encoder_lr_scale: float = 1.0
+    decoder_lr_scale: float = 1.0
+    decoder_start_step: int = 0
 
 
 @dataclass
@@ -276,9 +283,10 @@ class EVFSAMModule(L.LightningModule):
 
     # ---- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> dict:
-        opt = torch.optim.AdamW(self._param_groups(), lr=self.optim.lr, betas=self.optim.betas)
+        groups = self._param_groups()
+        opt = torch.optim.AdamW(groups, lr=self.optim.lr, betas=self.optim.betas)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup, schedule = self.optim.warmup_steps, self.optim.schedule
+        warmup, schedule, hold = self.optim.warmup_steps, self.optim.schedule, self.optim.decoder_start_step
 
         def factor(step: int) -> float:
             if warmup and step < warmup:
@@ -287,26 +295,35 @@ class EVFSAMModule(L.LightningModule):
                 return 1.0
             return max(0.0, (total - step) / max(total - warmup, 1))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        def decoder_factor(step: int) -> float:  # held at 0 (AdamW then leaves the weights alone)
+            return 0.0 if step < hold else factor(step)
+
+        factors = [decoder_factor if g["part"] == "decoder" else factor for g in groups]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factors)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _param_groups(self) -> list[dict]:
-        """Only trainable parts; weight decay on matrices only; image encoder at its own lr scale."""
-        groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+        """Only trainable parts; weight decay on matrices only; SAM's parts at their own lr scales.
+        Each group names its part kind (``image_encoder``, ``decoder``: SAM's prompt encoder and mask
+        decoder, ``text``: the multimodal encoder and the projector) for the schedule."""
+        kinds = {"image_encoder": "image_encoder", "prompt_encoder": "decoder", "mask_decoder": "decoder"}
+        scales = {"image_encoder": self.optim.image_encoder_lr_scale, "decoder": self.optim.decoder_lr_scale}
+        groups: dict[tuple[bool, str], list[nn.Parameter]] = {}
         for part, module in self.model.parts().items():
-            scale = self.optim.image_encoder_lr_scale if part == "image_encoder" else 1.0
+            kind = kinds.get(part, "text")
             for p in module.parameters():
                 if p.requires_grad:
-                    groups.setdefault((p.ndim >= 2, scale), []).append(p)
+                    groups.setdefault((p.ndim >= 2, kind), []).append(p)
         if not groups:
             raise ValueError("nothing to train: every part is frozen (see `trainable`)")
         return [
             {
                 "params": ps,
                 "weight_decay": self.optim.weight_decay if decay else 0.0,
-                "lr": self.optim.lr * scale,
+                "lr": self.optim.lr * scales.get(kind, 1.0),
+                "part": kind,
             }
-            for (decay, scale), ps in groups.items()
+            for (decay, kind), ps in groups.items()
         ]
 
     # ---- logging -------------------------------------------------------------------------------

@@ -56,3 +56,34 @@ def test_save_load_gives_identical_logits(tmp_path, shapes_batch):
             [p.logits for p in module(shapes_batch)], [p.logits for p in loaded(shapes_batch)], strict=True
         ):
             assert torch.equal(a, b)
+
+
+def test_decoder_waits_for_its_start_step_at_its_own_lr_scale(shapes_batch):
+    module = EVFSAMModule(
+        "beit3_tiny", "sam_tiny", optim=OptimConfig(decoder_start_step=2, decoder_lr_scale=0.1)
+    )
+    groups = module._param_groups()
+    decoder = {id(p) for p in module.model.backend.mask_decoder.parameters()}
+    decoder_groups = [g for g in groups if any(id(p) in decoder for p in g["params"])]
+    assert {g["part"] for g in decoder_groups} == {"decoder"}
+    assert all(g["lr"] == module.optim.lr * 0.1 for g in decoder_groups)
+
+    class _Trainer:  # what configure_optimizers reads of the trainer
+        estimated_stepping_batches = 10
+
+    module.trainer = _Trainer()
+    config = module.configure_optimizers()
+    opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    weight = module.model.backend.mask_decoder.iou_token.weight
+    projector = module.model.projector[0].weight
+    snapshots = []
+    for _ in range(3):
+        snapshots.append((weight.detach().clone(), projector.detach().clone()))
+        opt.zero_grad()
+        _loss(module, shapes_batch).backward()
+        opt.step()
+        sched.step()
+    snapshots.append((weight.detach().clone(), projector.detach().clone()))
+    assert torch.equal(snapshots[0][0], snapshots[2][0])  # steps 0 and 1: the decoder holds
+    assert not torch.equal(snapshots[2][0], snapshots[3][0])  # step 2: it trains
+    assert not torch.equal(snapshots[0][1], snapshots[1][1])  # the text side trains from step 0
