@@ -50,7 +50,7 @@ def test_the_quickstart_config_fits_from_the_cache_with_the_sam_frozen(tmp_path,
              "--data.init_args.num_val=3", "--data.init_args.num_workers=0"]  # fmt: skip
     main(["cache-embeddings", "--config", str(QUICKSTART), *small, "--progress=false"])
     run = tmp_path / "run"
-    main(["fit", "--config", str(QUICKSTART), *small, *CPU, "--trainer.max_steps=2",
+    main(["fit", "--config", str(QUICKSTART), *small, *CPU, "--trainer.max_steps=3",
           "--data.init_args.batch_size=2", f"--trainer.default_root_dir={run}",
           f"--trainer.logger.init_args.save_dir={run}"])  # fmt: skip
     assert any(name.startswith("best-epoch0-ciou") for name in _ckpts(run)) and "last.ckpt" in _ckpts(run)

@@ -277,6 +277,30 @@ def pretrain_sam(
     """
     if threads:
         torch.set_num_threads(threads)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(
+        True
+    )  # multi-threaded CPU backward is otherwise not bitwise repeatable
+    try:
+        return _pretrain(
+            out, steps, batch_size, lr, warmup_steps, corrections, num_train, num_val, seed, progress
+        )
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _pretrain(
+    out: Path,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int,
+    corrections: int,
+    num_train: int,
+    num_val: int,
+    seed: int,
+    progress: bool,
+) -> PretrainReport:
     torch.manual_seed(seed)
     backend = create_backend("sam_tiny")
     train = ShapesDataset("train", num_train, seed)
@@ -301,7 +325,7 @@ def pretrain_sam(
         optimizer.step()
         schedule.step()
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.perf_counter() - start
     reached = evaluate(backend, val)
     out = Path(out)
