@@ -16,7 +16,9 @@ from collections.abc import Callable
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from evf.datamodules import EVFDataModule
+from evf.cache import CacheError
+from evf.checkpoint import CheckpointError
+from evf.datamodules import DataError, EVFDataModule
 from evf.datamodules.predict import MaskWriter, PredictDataModule
 from evf.inputs import collect_inputs
 from evf.lightning_compat import SubcommandArgumentsCLI
@@ -143,8 +145,20 @@ def _load_tool(target: str) -> Callable:
     return getattr(__import__(module, fromlist=[func]), func)
 
 
+# Errors that describe the user's input (a file, a key, a store), each with a message naming it: the
+# command line prints that message and exits 2, without a traceback (kept for bugs).
+ANTICIPATED = (CacheError, CheckpointError, DataError)
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _run(sys.argv[1:] if argv is None else argv)
+    except ANTICIPATED as err:
+        print(f"evf: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(argv: list[str]) -> None:
     if argv and argv[0] in TOOLS:
         from jsonargparse import auto_cli
 

@@ -73,3 +73,13 @@ def test_fit_then_predict_through_the_cli(tmp_path):
         assert np.asarray(Image.open(out / f"shapes_{k}_overlay.png")).shape == (90, 120, 3)
     records = json.loads((out / "predictions.json").read_text())
     assert [r["prompt"] for r in records] == ["the red circle", "the square on the left"]
+
+
+def test_an_anticipated_error_is_one_line_without_a_traceback(tmp_path, capsys):
+    missing = f"--data.init_args.embedding_cache={tmp_path / 'none'}"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/quickstart.yaml", missing, "--trainer.max_steps=1",
+              "--trainer.logger=false"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"evf: error: {tmp_path / 'none'}: no embedding cache here" in err and "Traceback" not in err

@@ -63,4 +63,6 @@ def test_pooled_metric_sums_the_splits_states():
     total = pooled(splits).compute()
     assert float(total["ciou"]) == pytest.approx(float(inter.sum() / union.sum()), rel=1e-6)
     assert float(total["giou"]) == pytest.approx(float((inter / union).mean()), rel=1e-6)
-    assert float(splits[0].compute()["ciou"]) != pytest.approx(float(total["ciou"]))  # not a copy of one split
+    assert float(splits[0].compute()["ciou"]) != pytest.approx(
+        float(total["ciou"])
+    )  # not a copy of one split
