@@ -120,7 +120,7 @@ def correction_points(
     return torch.tensor(points)[:, None], torch.tensor(labels)[:, None]
 
 
-def decode(
+def decode_all_tokens(
     backend: SamViTBackend, embeddings: torch.Tensor, prompts: Prompts, mask_input: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All four mask tokens: low-res logits ``[N,4,s,s]``, the same at the input size ``[N,4,S,S]``,
@@ -152,7 +152,9 @@ def true_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp(min=1)
 
 
-def round_loss(logits: torch.Tensor, iou: torch.Tensor, targets: torch.Tensor, multimask: bool):
+def round_loss(
+    logits: torch.Tensor, iou: torch.Tensor, targets: torch.Tensor, multimask: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss of one round and the chosen output per prompt (``[N]`` token index)."""
     tokens = slice(1, 4) if multimask else slice(0, 1)
     losses = mask_loss(logits[:, tokens], targets)
@@ -162,7 +164,9 @@ def round_loss(logits: torch.Tensor, iou: torch.Tensor, targets: torch.Tensor, m
     return (chosen + IOU_WEIGHT * iou_loss.mean(1)).mean(), best + tokens.start
 
 
-def scene_batch(dataset: ShapesDataset, indices: list[int], backend: SamViTBackend):
+def scene_batch(
+    dataset: ShapesDataset, indices: list[int], backend: SamViTBackend
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pixels ``[B,3,S,S]``, targets ``[N,S,S]``, ``image_index [N]`` and the per-image scale."""
     scenes = [dataset.scene(i) for i in indices]
     pixels = torch.stack([backend.info.image(s.image) for s in scenes])
@@ -172,7 +176,11 @@ def scene_batch(dataset: ShapesDataset, indices: list[int], backend: SamViTBacke
     return pixels, torch.cat(targets), index, scale
 
 
-def training_step(backend: SamViTBackend, dataset, indices, gen: torch.Generator, corrections: int):
+def training_step(
+    backend: SamViTBackend, dataset: ShapesDataset, indices: list[int], gen: torch.Generator, corrections: int
+) -> torch.Tensor:
+    """The loss of one batch of scenes: every object prompted (point or jittered box), then
+    ``corrections`` rounds of corrective clicks with the previous mask as the mask prompt."""
     pixels, targets, index, scale = scene_batch(dataset, indices, backend)
     keep = targets.flatten(1).any(1)  # an object shrunk below a pixel at 128 px has no target
     targets, index = targets[keep], index[keep]
@@ -192,7 +200,7 @@ def training_step(backend: SamViTBackend, dataset, indices, gen: torch.Generator
         mask_input = None
         for round_ in range(corrections + 1):
             multimask = round_ == 0 and not use_box  # one point: ambiguous
-            low_res, logits, iou = decode(backend, embeddings, prompts, mask_input)
+            low_res, logits, iou = decode_all_tokens(backend, embeddings, prompts, mask_input)
             loss, best = round_loss(logits, iou, prompts.targets, multimask)
             total = total + loss / (corrections + 1)
             pick = best[:, None, None, None].expand(-1, 1, *low_res.shape[-2:])
@@ -226,7 +234,7 @@ def evaluate(backend: SamViTBackend, dataset: ShapesDataset) -> dict[str, float]
                 ("point", Prompts(zero, None, point, torch.ones(1, 1, dtype=torch.long))),
                 ("box", Prompts(zero, None, boxes=box)),
             ):
-                low_res, _, iou = decode(backend, embeddings, prompts, None)
+                low_res, _, iou = decode_all_tokens(backend, embeddings, prompts, None)
                 token = int(iou[0, 1:].argmax()) + 1 if kind == "point" else 0
                 logits = backend.postprocess(low_res[:, token : token + 1], spec.resized_size(h, w), (h, w))
                 ious[kind].append(float(mask_iou_stats(logits > 0, torch.from_numpy(mask)[None])[2]))
