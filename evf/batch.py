@@ -91,16 +91,6 @@ class Batch:
     def num_images(self) -> int:
         return len(self.original_sizes)
 
-    def image_prompts(self) -> list[tuple[Prompt, ...]]:
-        """Per image, its `Prompt` s (built from the texts when the batch was built from samples)."""
-        if self.prompts is not None:
-            return self.prompts
-        index = self.image_index.tolist()
-        return [
-            tuple(Prompt(t) for t, j in zip(self.texts, index, strict=True) if j == i)
-            for i in range(self.num_images)
-        ]
-
     def to(self, device: torch.device | str) -> Batch:
         """A copy with every tensor on ``device``. Lightning moves batches with it: its
         ``move_data_to_device`` calls the ``.to`` of any object that has one."""
@@ -153,8 +143,9 @@ class BatchBuilder:
     def __call__(self, samples: Sequence[ReferringSample]) -> Batch:
         """Training / evaluation samples (`evf.datamodules.sample.Sample`) -> a batch of their
         expressions, with their ground-truth masks when every sample has them."""
-        images = self.images([s.image for s in samples], [s.image_id for s in samples])
-        batch = self.text_batch(images, [list(s.texts) for s in samples], [s.image_id for s in samples])
+        ids = [s.image_id for s in samples]
+        images = self.images([s.image for s in samples], ids)
+        batch = self.text_batch(images, [list(s.texts) for s in samples], ids)
         batch.kinds = [k for s in samples for k in (s.kinds or [""] * len(s.texts))]
         if samples and all(s.masks is not None for s in samples):
             batch.masks = [torch.from_numpy(np.ascontiguousarray(s.masks)) for s in samples]

@@ -38,12 +38,10 @@ class Prediction:
 
 
 def image_features(model: EVFSAM, inputs: Batch | ImageInputs) -> ImageFeatures:
-    """The image features of a batch (or of `ImageInputs`), in the mask decoder's dtype: read from
-    the store (``image_features``) or computed by the backend's image encoder, once per image, from
-    ``sam_pixels``."""
-    if inputs.image_features is not None:  # e.g. bf16 rows of an embedding store
-        dtype = _dtype(model.backend.mask_decoder)
-        return {k: v.to(dtype) for k, v in inputs.image_features.items()}
+    """The image features of a batch (or of `ImageInputs`): the store's rows (``image_features``), or
+    the backend's image encoder run once per image over ``sam_pixels``."""
+    if inputs.image_features is not None:
+        return inputs.image_features
     if inputs.sam_pixels is None:
         raise ValueError("a batch needs sam_pixels or image_features")
     return model.encode_images(inputs.sam_pixels.to(_dtype(model.backend)))
@@ -58,14 +56,16 @@ def decode(
         model: the model.
         batch: images and prompts from `evf.batch.BatchBuilder`.
         threshold: logit threshold of the masks.
-        features: this batch's image features when the caller already has them (`evf.Predictor`),
-            in the decoder's dtype; otherwise `image_features`.
+        features: this batch's image features when the caller already has them (`evf.Predictor`);
+            otherwise `image_features`.
     """
     if batch.num_images == 0:
         return []
     if not batch.groups:  # images without prompts
         return [_empty(size, batch.encoder_pixels.device) for size in batch.original_sizes]
     features = image_features(model, batch) if features is None else features
+    dtype = _dtype(model.backend.mask_decoder)  # e.g. bf16 store rows decode in the decoder's dtype
+    features = {k: v.to(dtype) for k, v in features.items()}
     low_res, iou = _decode_groups(model, batch, features)
     predictions = []
     for i, (input_size, original_size) in enumerate(
@@ -78,18 +78,23 @@ def decode(
 
 
 def _decode_groups(model: EVFSAM, batch: Batch, features: ImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-    """Low-res logits ``[N,1,h,w]`` and predicted IoUs ``[N]`` of every prompt, one decoder call per
-    prompt group, in the batch's prompt order."""
-    encoder_pixels = batch.encoder_pixels.to(_dtype(model.encoder))
-    outputs = []
+    """Low-res logits ``[N,1,h,w]`` and predicted IoUs ``[N]`` of every prompt, in the batch's prompt
+    order: the multimodal encoder once over every prompt with text, then one decoder call per group."""
+    text_rows = torch.cat([g.rows for g in batch.groups if g.has_text] or [batch.image_index[:0]])
+    tokens = None
+    if len(text_rows):
+        encoder_pixels = batch.encoder_pixels.to(_dtype(model.encoder))
+        inputs = (batch.input_ids[text_rows], batch.attention_mask[text_rows], batch.image_index[text_rows])
+        tokens = model.prompt_tokens(encoder_pixels, *inputs)
+    outputs, start = [], 0
     for group in batch.groups:
-        rows = group.rows
-        text = (batch.input_ids[rows], batch.attention_mask[rows]) if group.has_text else (None, None)
-        out = model(
-            None, encoder_pixels, *text, batch.image_index[rows], image_features=features,
-            points=group.points, boxes=group.boxes,
-        )  # fmt: skip
-        outputs.append((rows, out.logits, out.iou[:, 0]))
+        group_tokens = None
+        if group.has_text:  # text groups take consecutive slices of `tokens`, in group order
+            group_tokens, start = tokens[start : start + len(group.rows)], start + len(group.rows)
+        out = model.backend.decode(
+            features, batch.image_index[group.rows], group_tokens, points=group.points, boxes=group.boxes
+        )
+        outputs.append((group.rows, out.logits, out.iou[:, 0]))
     if len(outputs) == 1:  # one group holds every prompt in order (e.g. a training batch)
         return outputs[0][1], outputs[0][2]
     order = torch.cat([rows for rows, _, _ in outputs]).argsort()

@@ -79,13 +79,11 @@ class PredictionWriter:
 
     def add_batch(self, batch: Batch, predictions: Sequence[Prediction]) -> None:
         """Record every image of a prediction batch (`evf.inputs.PredictBatches`: it keeps the
-        original images, on which the overlays are drawn)."""
-        if batch.images is None:
-            raise ValueError(
-                "a prediction batch keeps its original images (build it with evf.inputs.PredictBatches)"
-            )
+        original images, on which the overlays are drawn, and each image's prompts)."""
+        if batch.images is None or batch.prompts is None:
+            raise ValueError("a prediction batch keeps its images and prompts (evf.inputs.PredictBatches)")
         for image, image_id, prompts, result in zip(
-            batch.images, batch.image_ids, batch.image_prompts(), predictions, strict=True
+            batch.images, batch.image_ids, batch.prompts, predictions, strict=True
         ):
             self.add(image, image_id, prompts, result.masks, result.scores)
 

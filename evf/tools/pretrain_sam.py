@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from evf.assets import SAM_TINY_SHAPES
 from evf.datamodules.shapes import ShapesDataset
+from evf.losses import dice
 from evf.metrics import mask_iou_stats
 from evf.sam_backends import create_backend
 from evf.sam_backends.sam import SamViTBackend
@@ -142,14 +143,13 @@ def mask_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
     p_t = p * t + (1 - p) * (1 - t)
     focal = (ce * (1 - p_t) ** 2 * (0.25 * t + 0.75 * (1 - t))).flatten(2).mean(-1)
-    dice = 1 - (2 * (p * t).flatten(2).sum(-1) + 1) / (p.flatten(2).sum(-1) + t.flatten(2).sum(-1) + 1)
-    return FOCAL_WEIGHT * focal + DICE_WEIGHT * dice
+    return FOCAL_WEIGHT * focal + DICE_WEIGHT * dice(logits.flatten(0, 1), t.flatten(0, 1)).view_as(focal)
 
 
 def true_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    pred, t = logits > 0, targets[:, None].expand_as(logits)
-    inter, union = (pred & t).flatten(2).sum(-1).float(), (pred | t).flatten(2).sum(-1).float()
-    return inter / union.clamp(min=1)
+    """IoU of each of ``[N,M,S,S]`` masks (logits > 0) with its non-empty ``[N,S,S]`` target -> ``[N,M]``."""
+    t = targets[:, None].expand_as(logits)
+    return mask_iou_stats(logits.flatten(0, 1) > 0, t.flatten(0, 1))[2].float().view(logits.shape[:2])
 
 
 def round_loss(
