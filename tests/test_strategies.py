@@ -24,6 +24,7 @@ TINY_FIT = [
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     "--data.init_args.num_train=8", "--data.init_args.num_val=2", "--data.init_args.batch_size=2",
     "--data.init_args.eval_batch_size=2", "--data.init_args.num_workers=0",
+    "--data.init_args.embedding_cache=null",  # a clean clone has no quickstart cache
 ]  # fmt: skip
 
 
