@@ -56,7 +56,8 @@ def test_help_lists_subcommands_and_tools():
 def test_fit_then_predict_through_the_cli(tmp_path):
     run_dir = tmp_path / "run"
     main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), f"--trainer.default_root_dir={run_dir}",
-          f"--trainer.logger.init_args.save_dir={run_dir}", "--data.init_args.embedding_cache=null", *TINY_FIT])  # fmt: skip
+          f"--trainer.logger.init_args.save_dir={run_dir}", "--data.init_args.embedding_cache=null",
+          *TINY_FIT])  # fmt: skip
     ckpt = next(run_dir.rglob("last.ckpt"))
     events = list(run_dir.rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file written"
