@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from jsonargparse.typing import PositiveInt
+from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from evf.cache import CacheError
@@ -88,6 +88,16 @@ class EVFCLI(SubcommandArgumentsCLI):
         )
 
     def add_subcommand_arguments(self, parser: LightningArgumentParser, subcommand: str) -> None:
+        if subcommand in ("validate", "test", "predict"):
+            # A checkpoint's hyperparameters override --model.* (LightningCLI), so the threshold of a
+            # trained model is set here.
+            parser.add_argument(
+                "--presence_threshold",
+                type=ClosedUnitInterval | None,
+                default=None,
+                help="Presence probability under which a mask is empty (models with a presence head; "
+                "default: the model's, 0.5).",
+            )
         if subcommand == "predict":
             group = parser.add_argument_group("Prompted images")
             group.add_argument("--image", action="append", help="Image file or folder (repeatable).")
@@ -99,6 +109,13 @@ class EVFCLI(SubcommandArgumentsCLI):
             group.add_argument("--manifest", help="JSON or CSV file mapping images to their own prompts.")
             group.add_argument("--output", default="predictions", help="Folder for the PNGs and JSON files.")
             group.add_argument("--batch_size", type=PositiveInt, default=1, help="Images per forward pass.")
+
+    def _set_presence_threshold(self) -> None:
+        value = self.config_init[self.subcommand].get("presence_threshold")
+        if value is not None:
+            self.model.presence_threshold = float(value)
+
+    before_validate = before_test = before_predict = _set_presence_threshold
 
     def predict(self, model: EVFSAMModule, datamodule=None, **kwargs) -> None:
         """With ``--image`` / ``--manifest``: segment every prompt of every image and write PNGs, RLE

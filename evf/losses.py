@@ -1,4 +1,5 @@
-"""Mask losses of EVF-SAM: per-expression sigmoid BCE and Dice, averaged over expressions."""
+"""Mask losses of EVF-SAM: per-expression sigmoid BCE and Dice, averaged over expressions; and the
+presence head's BCE (generalized referring)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,19 @@ def dice(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> torch
 
 
 def mask_losses(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-image lists of ``[n_i,H_i,W_i]`` logits and masks -> mean BCE and Dice over all expressions."""
+    """Per-image lists of ``[n_i,H_i,W_i]`` logits and masks -> mean BCE and Dice over all expressions
+    (zero, still attached to the graph, when there is none: every process's backward then reaches
+    the same parameters)."""
     bce = torch.cat([sigmoid_bce(p.float(), t.float()) for p, t in zip(logits, targets, strict=True)])
     dsc = torch.cat([dice(p.float(), t.float()) for p, t in zip(logits, targets, strict=True)])
+    if bce.numel() == 0:
+        zero = sum(p.sum() for p in logits) * 0.0
+        return {"bce": zero, "dice": zero}
     return {"bce": bce.mean(), "dice": dsc.mean()}
+
+
+def presence_loss(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Mean BCE of presence logits ``[N]`` against ``present`` (bool ``[N]``: the target is in the
+    image), over the prompts with text (finite logits; a points/box-only prompt has ``+inf``)."""
+    rows = logits.isfinite()
+    return F.binary_cross_entropy_with_logits(logits[rows].float(), present[rows].float())

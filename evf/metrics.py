@@ -1,4 +1,6 @@
-"""Referring-segmentation metrics: cIoU (the paper's main number) and gIoU."""
+"""Referring-segmentation metrics: cIoU (the paper's main number) and gIoU, and for generalized
+referring expressions (no target, several targets) the rest of ReLA's gRefCOCO evaluation: N-acc,
+T-acc and Pr@0.7/0.8/0.9."""
 
 from __future__ import annotations
 
@@ -17,9 +19,24 @@ def mask_iou_stats(
     return inter, union, iou
 
 
+PRECISION_THRESHOLDS = (0.7, 0.8, 0.9)
+
+
 class ReferringIoU(Metric):
     """cIoU = total intersection / total union over all expressions; gIoU = mean per-expression IoU,
     where an empty target predicted empty counts 1.0 (as the official evaluation does).
+
+    Generalized referring (ReLA's ``refer_evaluation.py``, with "predicted no-target" read as "the
+    predicted mask is empty": a presence head that says absent empties the mask): an expression is
+    no-target when its ground-truth mask is empty.
+
+    * N-acc = no-target expressions predicted empty / no-target expressions; T-acc = target
+      expressions predicted non-empty / target expressions (reported only when there are no-target
+      expressions, as ReLA).
+    * A no-target expression predicted empty adds IoU 1 to gIoU and nothing to cIoU; predicted
+      non-empty it adds IoU 0 and its predicted area to cIoU's union. A target expression predicted
+      empty adds IoU 0 and its target area to the union. (These follow from the IoU of the masks.)
+    * ``pr@t``: the fraction of target expressions with IoU >= t (ReLA's Pr@t, over targets only).
 
     States are sums with ``dist_reduce_fx="sum"``, so DDP sync is exact given each expression is
     seen by exactly one process.
@@ -29,9 +46,12 @@ class ReferringIoU(Metric):
     higher_is_better = True
     full_state_update = False
 
+    STATES = ("intersection", "union", "iou_sum", "count", "no_target", "no_target_empty", "target",
+              "target_found", *(f"pr_{t}" for t in PRECISION_THRESHOLDS))  # fmt: skip
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        for name in ("intersection", "union", "iou_sum", "count"):
+        for name in self.STATES:
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -41,13 +61,30 @@ class ReferringIoU(Metric):
         self.union += union.sum()
         self.iou_sum += iou.sum()
         self.count += iou.numel()
+        has_target = target.flatten(1).any(1)
+        predicted = pred.flatten(1).any(1)
+        self.no_target += (~has_target).sum()
+        self.no_target_empty += (~has_target & ~predicted).sum()
+        self.target += has_target.sum()
+        self.target_found += (has_target & predicted).sum()
+        for t in PRECISION_THRESHOLDS:
+            state = getattr(self, f"pr_{t}")
+            state += (has_target & (iou >= t)).sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
+        """``ciou``, ``giou``, ``pr@0.7`` ... over target expressions, and ``n_acc`` / ``t_acc`` when
+        some expressions had no target."""
         ciou = self.intersection / self.union if self.union > 0 else torch.tensor(1.0, dtype=torch.float64)
-        giou = (
-            self.iou_sum / self.count if self.count > 0 else torch.tensor(float("nan"), dtype=torch.float64)
-        )
-        return {"ciou": ciou.float(), "giou": giou.float()}
+        out = {"ciou": ciou, "giou": _ratio(self.iou_sum, self.count)}
+        out.update({f"pr@{t}": _ratio(getattr(self, f"pr_{t}"), self.target) for t in PRECISION_THRESHOLDS})
+        if self.no_target > 0:
+            out["n_acc"] = _ratio(self.no_target_empty, self.no_target)
+            out["t_acc"] = _ratio(self.target_found, self.target)
+        return {key: value.float() for key, value in out.items()}
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    return numerator / denominator if denominator > 0 else torch.tensor(float("nan"), dtype=torch.float64)
 
 
 def pooled(metrics: list[ReferringIoU]) -> ReferringIoU:

@@ -30,34 +30,65 @@ class TrainableParts:
     prompt_encoder: bool = True
     mask_decoder: bool = True
     image_encoder: bool = False
+    presence_head: bool = True  # only where the model has one (``presence=True``)
+
+
+@dataclass
+class EncodedPrompts:
+    """What the text side gives the decoder for ``N`` expressions.
+
+    Attributes:
+        tokens: ``[N,1,prompt_dim]`` sparse prompt tokens.
+        presence_logits: ``[N]`` logits that each expression's target is in its image; None for a
+            model without a presence head.
+    """
+
+    tokens: torch.Tensor
+    presence_logits: torch.Tensor | None
 
 
 class EVFSAM(nn.Module):
-    """Encoder + projector (Linear-ReLU-Linear to the backend's prompt width) + SAM backend.
+    """Encoder + projector (Linear-ReLU-Linear to the backend's prompt width) + SAM backend, and
+    optionally a presence head (Linear-ReLU-Linear to one logit) on the same multimodal feature:
+    whether the expression's target is in the image at all (generalized referring segmentation).
 
     Frozen parts have ``requires_grad=False`` and stay in eval mode even under ``.train()``, so their
     normalisation statistics and dropout never change.
     """
 
     def __init__(
-        self, encoder: MultimodalEncoder, backend: SamBackend, trainable: TrainableParts | None = None
+        self,
+        encoder: MultimodalEncoder,
+        backend: SamBackend,
+        trainable: TrainableParts | None = None,
+        presence: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
         self.backend = backend
         dim = encoder.feature_dim
         self.projector = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, backend.prompt_dim))
+        self.presence_head = (
+            nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1)) if presence else None
+        )
         self.set_trainable(trainable or TrainableParts())
 
+    @property
+    def has_presence(self) -> bool:
+        return self.presence_head is not None
+
     def parts(self) -> dict[str, nn.Module]:
-        """The five parts that the trainable flags refer to."""
-        return {
+        """The parts that the trainable flags refer to (``presence_head`` only where there is one)."""
+        parts = {
             "encoder": self.encoder,
             "projector": self.projector,
             "image_encoder": self.backend.image_encoder,
             "prompt_encoder": self.backend.prompt_encoder,
             "mask_decoder": self.backend.mask_decoder,
         }
+        if self.presence_head is not None:
+            parts["presence_head"] = self.presence_head
+        return parts
 
     def set_trainable(self, trainable: TrainableParts) -> None:
         self.trainable = trainable
@@ -83,6 +114,19 @@ class EVFSAM(nn.Module):
         with torch.set_grad_enabled(self.trainable.image_encoder and torch.is_grad_enabled()):
             return self.backend.encode_image(sam_pixels)
 
+    def encode_prompts(
+        self,
+        encoder_pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor,
+    ) -> EncodedPrompts:
+        """Expressions -> sparse prompt tokens and (with a presence head) presence logits, from one
+        pass of the multimodal encoder."""
+        features = self.encoder(encoder_pixels, input_ids, attention_mask, image_index)
+        presence = None if self.presence_head is None else self.presence_head(features)[:, 0]
+        return EncodedPrompts(self.projector(features).unsqueeze(1), presence)
+
     def prompt_tokens(
         self,
         encoder_pixels: torch.Tensor,
@@ -91,8 +135,7 @@ class EVFSAM(nn.Module):
         image_index: torch.Tensor,
     ) -> torch.Tensor:
         """Expressions -> ``[N,1,prompt_dim]`` sparse prompt tokens."""
-        features = self.encoder(encoder_pixels, input_ids, attention_mask, image_index)
-        return self.projector(features).unsqueeze(1)
+        return self.encode_prompts(encoder_pixels, input_ids, attention_mask, image_index).tokens
 
     def forward(
         self,
@@ -200,8 +243,10 @@ def create_model(
     trainable: TrainableParts | dict[str, Any] | None = None,
     encoder_kwargs: dict[str, Any] | None = None,
     backend_kwargs: dict[str, Any] | None = None,
+    presence: bool = False,
 ) -> EVFSAM:
-    """Compose an `EVFSAM` from registry names or ready-built parts.
+    """Compose an `EVFSAM` from registry names or ready-built parts (``presence`` adds the presence
+    head).
 
     Example:
         >>> model = create_model("beit3_tiny", "sam_tiny")
@@ -218,7 +263,7 @@ def create_model(
         raise ValueError("backend_kwargs only apply when the backend is given by name")
     if isinstance(trainable, dict):
         trainable = TrainableParts(**trainable)
-    return EVFSAM(encoder, backend, trainable)
+    return EVFSAM(encoder, backend, trainable, presence=presence)
 
 
 def trainable_summary(model: EVFSAM) -> dict[str, dict[str, int]]:
@@ -233,4 +278,11 @@ def trainable_summary(model: EVFSAM) -> dict[str, dict[str, int]]:
     return out
 
 
-__all__ = ["EVFSAM", "TrainableParts", "create_model", "prompts_from_arrays", "trainable_summary"]
+__all__ = [
+    "EVFSAM",
+    "EncodedPrompts",
+    "TrainableParts",
+    "create_model",
+    "prompts_from_arrays",
+    "trainable_summary",
+]

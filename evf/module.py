@@ -8,14 +8,16 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from jsonargparse.typing import ClosedUnitInterval
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from evf.batch import Batch
 from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder_record, restore_image_encoder
-from evf.decode import Prediction, decode
+from evf.checkpoint import CheckpointError
+from evf.decode import Prediction, check_presence_threshold, decode
 from evf.lightning_compat import attached_trainer
-from evf.losses import mask_losses
+from evf.losses import mask_losses, presence_loss
 from evf.metrics import ReferringIoU, pooled
 from evf.model import EVFSAM, TrainableParts, create_model
 from evf.pretrained import ReleaseConfig, load_release_weights
@@ -54,8 +56,12 @@ class OptimConfig:
 
 @dataclass
 class LossWeights:
+    """Weights of the loss terms: mask BCE and Dice, and the presence head's BCE (models with
+    ``presence=True`` only)."""
+
     bce: float = 1.0
     dice: float = 1.0
+    presence: float = 1.0
 
 
 def _as(cls: type, value: Any) -> Any:
@@ -65,6 +71,21 @@ def _as(cls: type, value: Any) -> Any:
     if isinstance(value, dict):
         return cls(**value)
     return value
+
+
+PRESENCE_KEYS = "model.presence_head."
+
+
+def check_presence_head(model: EVFSAM, state_dict: dict[str, Any]) -> None:
+    """CheckpointError unless a Lightning checkpoint's weights have a presence head exactly when
+    ``model`` has one."""
+    has_head = any(key.startswith(PRESENCE_KEYS) for key in state_dict)
+    if has_head != model.has_presence:
+        found = "has a presence head" if has_head else "has no presence head"
+        raise CheckpointError(
+            f"the checkpoint {found} ({PRESENCE_KEYS}*) but the model is built with model.presence: "
+            f"{str(model.has_presence).lower()}; set model.presence to match the checkpoint"
+        )
 
 
 class EVFSAMModule(L.LightningModule):
@@ -90,7 +111,17 @@ class EVFSAMModule(L.LightningModule):
         compile_encoder: ``torch.compile`` the multimodal encoder (in place: checkpoint keys unchanged).
         init_from: a released EVF-SAM checkpoint directory (`evf.pretrained`) loaded strictly into
             the model after the per-part checkpoints; its config must name the same encoder and
-            backend.
+            backend. (A release has no presence head: with ``presence`` the head starts from init.)
+        presence: add the presence head (generalized referring segmentation): it predicts from the
+            multimodal feature whether the expression's target is in the image, trained with BCE
+            against "the ground-truth mask is non-empty"; below ``presence_threshold`` the
+            predicted mask is empty.
+        presence_threshold: presence probability under which a mask is emptied (evaluation and
+            prediction).
+        no_target_masks: with a presence head, what the mask losses do with no-target expressions
+            (empty ground truth): ``skip`` them (the presence head answers "absent") or train their
+            masks toward ``empty`` too. Without a presence head they always train toward empty
+            (the only way such a model can answer "nothing").
 
     TensorBoard gets the hyperparameters with ``hp/<stage>/<split>/<metric>`` metrics (HParams
     view), loss terms, cIoU/gIoU per split, mask overlays and, for encoders with a
@@ -116,8 +147,15 @@ class EVFSAMModule(L.LightningModule):
         use_embedding_cache: bool = False,
         compile_encoder: bool = False,
         init_from: str | Path | None = None,
+        presence: bool = False,
+        presence_threshold: ClosedUnitInterval = 0.5,
+        no_target_masks: Literal["skip", "empty"] = "skip",
     ) -> None:
         super().__init__()
+        self.presence_threshold = check_presence_threshold(float(presence_threshold))
+        if no_target_masks not in ("skip", "empty"):
+            raise ValueError(f"no_target_masks must be 'skip' or 'empty', got {no_target_masks!r}")
+        self.skip_no_target_masks = presence and no_target_masks == "skip"
         self.trainable = _as(TrainableParts, trainable)
         self.optim = _as(OptimConfig, optim)
         self.loss_weights = _as(LossWeights, loss)
@@ -125,7 +163,10 @@ class EVFSAMModule(L.LightningModule):
         self._hparams_logged = False
         # Checkpoints keep plain dicts (readable with weights_only=True), not dataclass objects.
         self.hparams.update(
-            trainable=asdict(self.trainable), optim=asdict(self.optim), loss=asdict(self.loss_weights)
+            trainable=asdict(self.trainable),
+            optim=asdict(self.optim),
+            loss=asdict(self.loss_weights),
+            presence_threshold=float(presence_threshold),
         )
         self.log_images_every_n_steps = log_images_every_n_steps
         self.num_logged_images = num_logged_images
@@ -143,6 +184,7 @@ class EVFSAMModule(L.LightningModule):
                 **(backend_kwargs or {}),
                 **({"image_encoder": False} if use_embedding_cache else {}),
             },
+            presence=presence,
         )
         if use_embedding_cache and self.trainable.image_encoder:
             raise ValueError("use_embedding_cache needs a frozen SAM image encoder (trainable.image_encoder)")
@@ -154,6 +196,9 @@ class EVFSAMModule(L.LightningModule):
             self.model.encoder.compile()
         self.val_metrics = nn.ModuleList()
         self.test_metrics = nn.ModuleList()
+        # per split, one metric per expression kind the split declares (`EVFDataModule.split_kinds`)
+        self.val_kind_metrics = nn.ModuleList()
+        self.test_kind_metrics = nn.ModuleList()
 
     # ---- embedding cache: checks and the checkpoint record (evf.cache.training) ---------------
     def setup(self, stage: str) -> None:
@@ -165,18 +210,31 @@ class EVFSAMModule(L.LightningModule):
             checkpoint[RECORD_KEY] = record
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_presence_head(self.model, checkpoint.get("state_dict", {}))
         restore_image_encoder(self, checkpoint)
 
     # ---- steps -------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> list[Prediction]:
         """Per image, logits ``[n_i,H_i,W_i]`` at the original resolution, masks and scores
         (`evf.decode.decode`: the path prediction takes too)."""
-        return decode(self.model, batch)
+        return decode(self.model, batch, presence_threshold=self.presence_threshold)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        logits = [p.logits for p in self(batch)]
-        terms = mask_losses(logits, batch.masks)
+        predictions = self(batch)
+        logits = [p.logits for p in predictions]
+        present = [target.flatten(1).any(1) for target in batch.masks]
+        if self.skip_no_target_masks:  # the presence head alone answers "absent"
+            terms = mask_losses(
+                [lg[keep] for lg, keep in zip(logits, present, strict=True)],
+                [t[keep] for t, keep in zip(batch.masks, present, strict=True)],
+            )
+        else:
+            terms = mask_losses(logits, batch.masks)
         loss = self.loss_weights.bce * terms["bce"] + self.loss_weights.dice * terms["dice"]
+        if self.model.has_presence:
+            presence_logits = torch.cat([p.presence_logits for p in predictions])
+            terms["presence"] = presence_loss(presence_logits, torch.cat(present))
+            loss = loss + self.loss_weights.presence * terms["presence"]
         n = len(batch.texts)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
@@ -188,8 +246,15 @@ class EVFSAMModule(L.LightningModule):
     def _eval_step(self, stage: str, batch: Batch, batch_idx: int, dataloader_idx: int) -> None:
         predictions = self(batch)
         metric = (self.val_metrics if stage == "val" else self.test_metrics)[dataloader_idx]
+        kind_metrics = (self.val_kind_metrics if stage == "val" else self.test_kind_metrics)[dataloader_idx]
+        start = 0
         for prediction, target in zip(predictions, batch.masks, strict=True):
             metric.update(prediction.masks, target)
+            kinds = batch.kinds[start : start + len(target)]
+            start += len(target)
+            for kind in set(kinds) & set(kind_metrics):
+                rows = torch.tensor([k == kind for k in kinds], device=target.device)
+                kind_metrics[kind].update(prediction.masks[rows], target[rows])
         if batch_idx == 0 and dataloader_idx == 0:
             self._log_overlays(stage, batch, [p.logits for p in predictions])
 
@@ -214,23 +279,42 @@ class EVFSAMModule(L.LightningModule):
         count = len(loaders) if isinstance(loaders, list | tuple) else 1
         return [f"split{i}" for i in range(count)]
 
-    def _reset_metrics(self, metrics: nn.ModuleList, stage: str) -> None:
+    def _split_kinds(self, stage: str) -> list[tuple[str, ...]]:
+        """Per split, the expression kinds it declares (empty without a datamodule that says)."""
+        trainer = attached_trainer(self)
+        dm = None if trainer is None else trainer.datamodule
+        if dm is not None and hasattr(dm, "split_kinds"):
+            return dm.split_kinds(stage)
+        return [() for _ in self._split_names(stage)]
+
+    def _reset_metrics(self, metrics: nn.ModuleList, kind_metrics: nn.ModuleList, stage: str) -> None:
         names = self._split_names(stage)
         while len(metrics) < len(names):
             metrics.append(ReferringIoU().to(self.device))
         for m in metrics:
             m.reset()
+        # Rebuilt from the declared kinds, the same on every process, so their DDP sync matches.
+        del kind_metrics[:]
+        for kinds in self._split_kinds(stage):
+            kind_metrics.append(nn.ModuleDict({kind: pooled([]) for kind in kinds}).to(self.device))
 
-    def _log_metrics(self, metrics: nn.ModuleList, stage: str, prefix: str) -> dict[str, float]:
-        """Log ``<prefix>/<split>/<metric>`` and ``<prefix>/<metric>`` over every split together (what
-        configs monitor: it exists whatever the data), each with its ``hp/`` copy; rank 0 writes the
-        results table."""
+    def _log_metrics(
+        self, metrics: nn.ModuleList, kind_metrics: nn.ModuleList, stage: str, prefix: str
+    ) -> dict[str, float]:
+        """Log ``<prefix>/<split>/<metric>``, ``<prefix>/<split>/<kind>/<metric>`` for the kinds a
+        split declares, and ``<prefix>/<metric>`` over every split together (what configs monitor:
+        it exists whatever the data), each with its ``hp/`` copy; rank 0 writes the results table."""
         names = self._split_names(stage)
         per_split = {
             name: {key: float(value) for key, value in metric.compute().items()}
             for name, metric in zip(names, metrics, strict=False)
         }
         results = {f"{prefix}/{name}/{key}": v for name, vals in per_split.items() for key, v in vals.items()}
+        for name, by_kind in zip(names, kind_metrics, strict=False):
+            for kind, metric in by_kind.items():
+                values = metric.compute()  # synced: the same on every process, so is the skip below
+                if not values["giou"].isnan():  # a declared kind with no expression this time
+                    results.update({f"{prefix}/{name}/{kind}/{key}": float(v) for key, v in values.items()})
         if per_split:
             overall = pooled(list(metrics)[: len(names)]).compute()
             results.update({f"{prefix}/{key}": float(value) for key, value in overall.items()})
@@ -270,16 +354,16 @@ class EVFSAMModule(L.LightningModule):
         self._log_hparams("test", "test")
 
     def on_validation_epoch_start(self) -> None:
-        self._reset_metrics(self.val_metrics, "validate")
+        self._reset_metrics(self.val_metrics, self.val_kind_metrics, "validate")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics, "validate", "val")
+        self._log_metrics(self.val_metrics, self.val_kind_metrics, "validate", "val")
 
     def on_test_epoch_start(self) -> None:
-        self._reset_metrics(self.test_metrics, "test")
+        self._reset_metrics(self.test_metrics, self.test_kind_metrics, "test")
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, "test", "test")
+        self._log_metrics(self.test_metrics, self.test_kind_metrics, "test", "test")
 
     # ---- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> dict:

@@ -4,8 +4,12 @@ For every (image, prompt) the writer saves ``<stem>_<k>_mask.png`` (0/255) and
 ``<stem>_<k>_overlay.png``, and records in ``predictions.json``: image, prompt (the text, or null),
 its ``points`` / ``point_labels`` / ``box`` when it has them, file names, predicted IoU
 (``score``), mask area and the mask as COCO RLE (``rle``: ``size`` [h, w] and ``counts`` as a
-string, `pycocotools.mask.decode` reads it back). Images that could not be read are listed in
-``failures.json`` (image, error). Stems that repeat (``a.jpg`` and ``a.png``) get ``_1``, ``_2``, ...
+string, `pycocotools.mask.decode` reads it back); ``presence`` (the probability that the target is
+in the image: 1.0 for a model without a presence head) and ``present`` (false: "it isn't there",
+and the mask is empty); ``instances``: the mask's connected regions (8-connected), each as
+``{"rle", "area"}``, largest first (a multi-target expression such as "all the cars" gets one per
+object that does not touch another). Images that could not be read are listed in ``failures.json``
+(image, error). Stems that repeat (``a.jpg`` and ``a.png``) get ``_1``, ``_2``, ...
 
     report = evf.predict_images(model, "photos/", ["the dog"], output="out")   # or manifest="m.csv"
     report.failures  # [] when every image was read
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from scipy import ndimage
 
 from evf.batch import Batch, BatchBuilder
 from evf.decode import Prediction, decode
@@ -42,6 +47,14 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def instances(mask: np.ndarray) -> list[dict[str, Any]]:
+    """The 8-connected regions of a bool ``[H,W]`` mask as ``{"rle", "area"}``, largest first."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    regions = [labels == k for k in range(1, count + 1)]
+    regions.sort(key=lambda region: -int(region.sum()))
+    return [{"rle": encode_rle(region), "area": int(region.sum())} for region in regions]
+
+
 @dataclass
 class PredictionWriter:
     """Collects the records of a run and writes its files (no Lightning; ``evf predict`` wraps it in
@@ -58,24 +71,26 @@ class PredictionWriter:
     failures: list[dict[str, str]] = field(default_factory=list)
     _stems: dict[str, str] = field(default_factory=dict)
 
-    def add(
-        self,
-        image: np.ndarray,
-        image_id: str,
-        prompts: Sequence[Prompt],
-        masks: torch.Tensor,
-        scores: torch.Tensor,
-    ):
-        """Record (and write) the ``[n,H,W]`` bool masks of one image's ``n`` prompts."""
+    def add(self, image: np.ndarray, image_id: str, prompts: Sequence[Prompt], prediction: Prediction):
+        """Record (and write) the masks of one image's prompts."""
         stem = self._stem(image_id)
-        for k, (prompt, mask, score) in enumerate(zip(prompts, masks, scores, strict=True)):
+        p = prediction
+        rows = zip(prompts, p.masks, p.scores, p.presence, p.present, strict=True)
+        for k, (prompt, mask, score, presence, present) in enumerate(rows):
             mask = mask.cpu().numpy()
-            record = {"image": image_id, **prompt.record(), "score": float(score), "area": int(mask.sum())}
+            record = {
+                "image": image_id,
+                **prompt.record(),
+                "score": float(score),
+                "presence": float(presence),
+                "present": bool(present),
+                "area": int(mask.sum()),
+            }
             if self.output is not None:
                 record["mask"], record["overlay"] = f"{stem}_{k}_mask.png", f"{stem}_{k}_overlay.png"
                 Image.fromarray(mask.astype(np.uint8) * 255).save(self.output / record["mask"])
                 Image.fromarray(overlay(image, mask)).save(self.output / record["overlay"])
-            self.records.append({**record, "rle": encode_rle(mask)})
+            self.records.append({**record, "rle": encode_rle(mask), "instances": instances(mask)})
 
     def add_batch(self, batch: Batch, predictions: Sequence[Prediction]) -> None:
         """Record every image of a prediction batch (`evf.inputs.PredictBatches`: it keeps the
@@ -85,7 +100,7 @@ class PredictionWriter:
         for image, image_id, prompts, result in zip(
             batch.images, batch.image_ids, batch.prompts, predictions, strict=True
         ):
-            self.add(image, image_id, prompts, result.masks, result.scores)
+            self.add(image, image_id, prompts, result)
 
     def fail(self, failure: dict[str, str]) -> None:
         log.warning("skipped %s: %s", failure["image"], failure["error"])
@@ -138,6 +153,7 @@ def predict_images(
     dtype: torch.dtype | None = None,
     threshold: float = 0.0,
     progress: bool = True,
+    presence_threshold: float = 0.5,
 ) -> PredictionReport:
     """Segment every prompt in every image with ``model`` (its own preprocessing, e.g. that of
     `evf.load_pretrained`); the image encoder runs once per image.
@@ -152,6 +168,8 @@ def predict_images(
         dtype: compute dtype under autocast (see `EVFSAM.predict`).
         threshold: logit threshold of the masks.
         progress: show a progress bar.
+        presence_threshold: with a presence head, prompts whose target is less likely than this
+            to be in the image get an empty mask (``"present": false``).
 
     Returns:
         The records and the failures (a missing or unreadable image is reported, not raised).
@@ -173,7 +191,7 @@ def predict_images(
         for failure in batch.failures:
             writer.fail(failure)
         with autocast_to(device, dtype):
-            results = decode(model, batch.to(device), threshold)
+            results = decode(model, batch.to(device), threshold, presence_threshold=presence_threshold)
         writer.add_batch(batch, results)
     writer.finish()
     return PredictionReport(writer.records, writer.failures)
@@ -185,10 +203,11 @@ def predict_prompts(
     prompts: Sequence[str | Prompt],
     threshold: float = 0.0,
     dtype: torch.dtype | None = None,
+    presence_threshold: float = 0.5,
 ) -> Prediction:
     """Text, point, box or mixed `Prompt` s on one image, its image encoder run once: a one-call
     `evf.Predictor` (keep a `Predictor` to ask more prompts of the same image)."""
-    predictor = Predictor(model, threshold, dtype)
+    predictor = Predictor(model, threshold, dtype, presence_threshold)
     predictor.set_image(image)
     return predictor.predict(prompts)
 
@@ -197,6 +216,7 @@ __all__ = [
     "PredictionReport",
     "PredictionWriter",
     "encode_rle",
+    "instances",
     "predict_images",
     "predict_prompts",
 ]

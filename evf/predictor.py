@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from evf.batch import BatchBuilder, ImageInputs
-from evf.decode import Prediction, decode, image_features
+from evf.decode import Prediction, check_presence_threshold, decode, image_features
 from evf.model import EVFSAM
 from evf.prompts import Prompt
 from evf.sam_backends import ImageFeatures
@@ -42,12 +42,21 @@ class Predictor:
         dtype: compute dtype under ``torch.autocast`` (e.g. ``torch.bfloat16``), weights unchanged;
             None adds no autocast: the weights' own dtype (``model.to(torch.bfloat16)`` runs
             all-bf16), or an enclosing autocast, decides. Logits come back as float32 either way.
+        presence_threshold: for a model with a presence head, a prompt whose target is less likely
+            than this to be in the image gets an empty mask (`Prediction.present` False).
     """
 
-    def __init__(self, model: EVFSAM, threshold: float = 0.0, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: EVFSAM,
+        threshold: float = 0.0,
+        dtype: torch.dtype | None = None,
+        presence_threshold: float = 0.5,
+    ) -> None:
         self.model = model
         self.threshold = threshold
         self.dtype = dtype
+        self.presence_threshold = check_presence_threshold(presence_threshold)
         self.builder = BatchBuilder(model.encoder.preprocessor, model.backend.info.image)
         self.reset_image()
 
@@ -119,7 +128,13 @@ class Predictor:
         prompts = [p if isinstance(p, Prompt) else Prompt(p) for p in prompts]
         batch = self.builder.prompt_batch(self._image, [prompts], ["image"]).to(self.device)
         with autocast_to(self.device, self.dtype):
-            return decode(self.model, batch, self.threshold, features=self._features)[0]
+            return decode(
+                self.model,
+                batch,
+                self.threshold,
+                features=self._features,
+                presence_threshold=self.presence_threshold,
+            )[0]
 
 
 __all__ = ["Predictor", "autocast_to"]

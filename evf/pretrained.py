@@ -48,6 +48,8 @@ WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")  # in order of prefere
 ENCODER_PREFIX = "mm_extractor.beit3."
 BACKEND_PREFIX = "visual_model."
 PROJECTOR_RULES = (Rule(r"text_hidden_fcs\.0\.(0|2)\.(weight|bias)", r"projector.\1.\2"),)
+# Our extension of the layout (official releases have none; the official code ignores the keys).
+PRESENCE_RULES = (Rule(r"evf_presence_head\.(0|2)\.(weight|bias)", r"presence_head.\1.\2"),)
 
 
 def release_layouts() -> dict[str, ReleaseLayout]:
@@ -71,6 +73,7 @@ class ReleaseConfig:
         encoder, backend: registered names.
         encoder_kwargs, backend_kwargs: factory options (``evf_*_kwargs``; empty for official releases).
         hidden_size, out_dim: projector widths the weights must have.
+        presence: the release has a presence head (``evf_presence``; false for official releases).
     """
 
     family: str
@@ -80,6 +83,7 @@ class ReleaseConfig:
     backend_kwargs: dict[str, Any]
     hidden_size: int | None
     out_dim: int | None
+    presence: bool = False
 
     @classmethod
     def read(cls, directory: str | Path) -> ReleaseConfig:
@@ -111,6 +115,7 @@ class ReleaseConfig:
         return cls(
             family, encoder, backend, dict(cfg.get("evf_encoder_kwargs") or {}),
             dict(cfg.get("evf_backend_kwargs") or {}), cfg.get("hidden_size"), cfg.get("out_dim"),
+            bool(cfg.get("evf_presence", False)),
         )  # fmt: skip
 
     def check_names(self, encoder: str, backend: str, source: str | Path) -> None:
@@ -146,10 +151,11 @@ def release_layout(backend: SamBackend) -> ReleaseLayout:
     return backend.info.release
 
 
-def release_format(model: EVFSAM) -> CheckpointFormat:
+def release_format(model: EVFSAM, presence_from_init: bool = False) -> CheckpointFormat:
     """``evf_release_<family>``: the encoder's release rules under ``mm_extractor.beit3.`` (dropping
     what it does not build) into ``encoder.``, the backend family's official rules under
-    ``visual_model.`` into ``backend.<core>.``, and the projector rule."""
+    ``visual_model.`` into ``backend.<core>.``, the projector rule and our presence-head rule
+    (``presence_from_init``: the model's presence head may be absent from the weights)."""
     encoder_rules = model.encoder.release_rules(ENCODER_PREFIX)
     layout = release_layout(model.backend)
     target = f"backend.{model.backend.core}."
@@ -157,8 +163,10 @@ def release_format(model: EVFSAM) -> CheckpointFormat:
         *prefix_rules(encoder_rules, target="encoder."),
         *prefix_rules(layout.format.rules, source=BACKEND_PREFIX, target=target),
         *PROJECTOR_RULES,
+        *PRESENCE_RULES,
     )
     allow = tuple(target + glob for glob in layout.format.allow_missing)
+    allow += ("presence_head.*",) if presence_from_init else ()
     name = f"evf_release_{model.backend.info.family}"
     return CheckpointFormat(name=name, rules=rules, containers=(), allow_missing=allow)
 
@@ -208,7 +216,13 @@ def load_release_weights(model: EVFSAM, directory: str | Path, config: ReleaseCo
             wrong shape (named).
     """
     directory = Path(directory)
-    fmt = release_format(model)
+    release_presence = config is not None and config.presence
+    if release_presence and not model.has_presence:
+        raise CheckpointError(
+            f"{directory}: the release has a presence head (evf_presence: true) but the model has none; "
+            "build it with presence=True (model.presence: true)"
+        )
+    fmt = release_format(model, presence_from_init=model.has_presence and not release_presence)
     if config is not None:
         _check_widths(directory, model, config)
     state = read_release_state(directory)
@@ -284,6 +298,7 @@ def load_pretrained(
         config.backend,
         encoder_kwargs={**config.encoder_kwargs, "tokenizer": Path(path)},
         backend_kwargs=config.backend_kwargs,
+        presence=config.presence,
     )
     load_release_weights(model, path, config)
     if preprocessing == "inference":

@@ -5,7 +5,9 @@ When all eight RefCOCO-family splits of the paper's Table 2 ran (the names of
 table has Table 2's columns: RefCOCO val/testA/testB, RefCOCO+ val/testA/testB, RefCOCOg val/test,
 and AVG (their mean), once for cIoU (the paper's number) and once for gIoU; any further splits get a
 generic table below. Other split sets get one generic table of whatever ran, AVG over all of them.
-Values are percentages with one decimal, as in the paper; the JSON keeps the raw fractions.
+When some split had no-target expressions (gRefCOCO, generalized shapes), a last table lists ReLA's
+gRefCOCO columns per split: cIoU, gIoU, N-acc, T-acc, Pr@0.7/0.8/0.9. Values are percentages with
+one decimal, as in the paper; the JSON keeps the raw fractions (every metric under ``metrics``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ TABLE2_SPLITS = (
 )  # fmt: skip
 DATASET_TITLES = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "RefCOCOg"}
 METRICS = {"ciou": "cIoU", "giou": "gIoU"}
+GENERALIZED = {**METRICS, "n_acc": "N-acc", "t_acc": "T-acc", "pr@0.7": "Pr@0.7", "pr@0.8": "Pr@0.8",
+               "pr@0.9": "Pr@0.9"}  # fmt: skip
 
 Results = Mapping[str, Mapping[str, float]]
-"""split name -> metric (``ciou``, ``giou``) -> value in [0, 1]."""
+"""split name -> metric (``ciou``, ``giou``, optionally ``n_acc``, ``t_acc``, ``pr@0.7`` ...) -> value
+in [0, 1]."""
 
 
 def layout(results: Results) -> tuple[str, list[str], list[str]]:
@@ -46,6 +51,7 @@ def results_record(results: Results, stage: str, model: str) -> dict[str, Any]:
         "extra_columns": extra,
         **{m: {s: float(results[s][m]) for s in results} for m in METRICS},
         "avg": {m: _mean(results[s][m] for s in columns) for m in METRICS},
+        "metrics": {s: {m: float(v) for m, v in results[s].items()} for s in results},
     }
 
 
@@ -63,6 +69,15 @@ def results_markdown(results: Results, stage: str, model: str) -> str:
                 *_table(results, extra, metric, model, with_avg=False),
                 "",
             ]
+    generalized = [s for s in results if "n_acc" in results[s]]
+    if generalized:
+        header = ["Split", *GENERALIZED.values()]
+        lines += ["## Generalized referring (ReLA's gRefCOCO metrics)", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+        for split in generalized:
+            values = [_percent(results[split].get(m, float("nan"))) for m in GENERALIZED]
+            lines.append("| " + " | ".join([_title(split), *values]) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -35,7 +35,13 @@ KeyT = TypeVar("KeyT")
 
 
 class EVFDataset(Dataset, ABC):
-    """A map-style dataset keyed by ``(epoch, index)``."""
+    """A map-style dataset keyed by ``(epoch, index)``.
+
+    ``kind_names``: the expression kinds (`Sample.kinds`) the dataset may tag; evaluation reports
+    every metric per declared kind as well (e.g. gRefCOCO's ``no_target``). Empty: none.
+    """
+
+    kind_names: tuple[str, ...] = ()
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -247,6 +253,10 @@ class EVFDataModule(L.LightningDataModule, ABC):
 
     def split_names(self, stage: str) -> list[str]:
         return list(self.eval_datasets(stage))
+
+    def split_kinds(self, stage: str) -> list[tuple[str, ...]]:
+        """Per split of ``stage``, the expression kinds its dataset declares (`EVFDataset.kind_names`)."""
+        return [tuple(dataset.kind_names) for dataset in self.eval_datasets(stage).values()]
 
     def _loader_kwargs(self, batch_size: int, train: bool) -> dict:
         return {

@@ -37,6 +37,7 @@ class GRefCOCODataset(ReferDataset):
     """
 
     refs_file = "grefs({split_by}).json"
+    kind_names = ("single_target", "multi_target", "no_target")
 
     def __init__(
         self,

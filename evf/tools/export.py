@@ -32,6 +32,9 @@ WEIGHTS_NAME = "model.safetensors"
 _PROJECTOR = CheckpointFormat(
     "evf_release_export_projector", (Rule(r"(0|2)\.(weight|bias)", r"text_hidden_fcs.0.\1.\2"),)
 )
+_PRESENCE = CheckpointFormat(
+    "evf_release_export_presence", (Rule(r"(0|2)\.(weight|bias)", r"evf_presence_head.\1.\2"),)
+)
 _NOT_EXPORTED_KWARGS = ("tokenizer", "checkpoint")
 
 
@@ -133,6 +136,8 @@ def release_state_dict(model: EVFSAM) -> tuple[StateDict, list[str]]:
         **to_release.remap(model.backend.core_module.state_dict(), source="backend"),
         **_PROJECTOR.remap(model.projector.state_dict(), source="projector"),
     }
+    if model.presence_head is not None:  # our extension: the official code ignores these keys
+        state.update(_PRESENCE.remap(model.presence_head.state_dict(), source="presence_head"))
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}, zero_filled
 
 
@@ -158,6 +163,7 @@ def release_config(
         "evf_backend": backend,
         "evf_encoder_kwargs": encoder_kwargs,
         "evf_backend_kwargs": backend_kwargs,
+        "evf_presence": model.has_presence,
     }
 
 

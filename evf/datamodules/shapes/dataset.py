@@ -8,10 +8,18 @@ import numpy as np
 
 from ..base import EVFDataset
 from ..sample import Sample
-from .expressions import Expression
+from .expressions import KINDS, Expression, ObjectFacts
+from .generalized import (
+    MULTI_TARGET_KINDS,
+    NO_TARGET_KINDS,
+    GroupExpression,
+    multi_target_expressions,
+    no_target_expressions,
+)
 from .scene import SPLITS, Scene, generate_scene
 
 _PICK_STREAM = 0x91C4  # keeps the expression picks apart from other streams drawn from the same seed
+_GENERALIZED_STREAM = 0x6E7A  # no-target / multi-target draws: the single-target picks stay as they were
 
 
 def _pick_expression(rng: np.random.Generator, expressions: tuple[Expression, ...]) -> Expression:
@@ -19,6 +27,14 @@ def _pick_expression(rng: np.random.Generator, expressions: tuple[Expression, ..
     kinds = sorted({e.kind for e in expressions})
     kind = kinds[rng.integers(len(kinds))]
     of_kind = [e for e in expressions if e.kind == kind]
+    return of_kind[rng.integers(len(of_kind))]
+
+
+def _pick_group(rng: np.random.Generator, groups: list[GroupExpression]) -> GroupExpression:
+    """As `_pick_expression`, for no-target / multi-target expressions."""
+    kinds = sorted({g.expression.kind for g in groups})
+    kind = kinds[rng.integers(len(kinds))]
+    of_kind = [g for g in groups if g.expression.kind == kind]
     return of_kind[rng.integers(len(of_kind))]
 
 
@@ -35,6 +51,12 @@ class ShapesDataset(EVFDataset):
     ``dataset[idx]`` uses the epoch of ``set_epoch``; ``dataset[epoch, idx]`` and
     ``sample(idx, epoch)`` name it explicitly (the ``EVFDataset`` contract).
 
+    Generalized referring (`evf.datamodules.shapes.generalized`): with ``no_target_rate`` /
+    ``multi_target_rate``, each training expression is, with that probability, replaced by one
+    that names nothing in the scene (empty mask) or several objects (the union of their masks);
+    validation and test items add such expressions in the same proportions to every single-target
+    one. Both rates 0 (the default) give exactly the single-target dataset.
+
     Args:
         split: which split; splits never share scenes.
         num_images: number of scenes.
@@ -42,6 +64,8 @@ class ShapesDataset(EVFDataset):
         max_expressions: objects (one expression each) per item, or ``None`` for all expressions.
         image_size: inclusive range ``(min, max)`` from which height and width are drawn.
         num_objects: inclusive range ``(min, max)`` of objects per scene.
+        no_target_rate: share of no-target expressions.
+        multi_target_rate: share of multi-target expressions.
     """
 
     def __init__(
@@ -52,7 +76,14 @@ class ShapesDataset(EVFDataset):
         max_expressions: int | None = 3,
         image_size: tuple[int, int] = (112, 144),
         num_objects: tuple[int, int] = (3, 5),
+        no_target_rate: float = 0.0,
+        multi_target_rate: float = 0.0,
     ) -> None:
+        if not (0 <= no_target_rate and 0 <= multi_target_rate and no_target_rate + multi_target_rate < 1):
+            raise ValueError(
+                "no_target_rate and multi_target_rate must be non-negative with a sum below 1, got "
+                f"{no_target_rate} and {multi_target_rate}"
+            )
         if split not in SPLITS:
             raise ValueError(f"unknown shapes split {split!r}; expected one of {SPLITS}")
         if num_images < 0 or seed < 0:
@@ -65,6 +96,9 @@ class ShapesDataset(EVFDataset):
         self.max_expressions = max_expressions
         self.image_size = tuple(image_size)
         self.num_objects = tuple(num_objects)
+        self.rates = {"no_target": no_target_rate, "multi_target": multi_target_rate}
+        self.kind_names = KINDS + (NO_TARGET_KINDS if no_target_rate else ())
+        self.kind_names += MULTI_TARGET_KINDS if multi_target_rate else ()
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -97,19 +131,58 @@ class ShapesDataset(EVFDataset):
         """The item at ``index`` with the expression picks of ``epoch``."""
         scene = self.scene(index)
         if self.max_expressions is None:
-            chosen = [(i, e) for i, obj in enumerate(scene.objects) for e in obj.expressions]
+            chosen = [
+                GroupExpression(e, (i,)) for i, obj in enumerate(scene.objects) for e in obj.expressions
+            ]
         else:
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, _PICK_STREAM, epoch, index]))
             count = min(self.max_expressions, len(scene.objects))
             picked = (int(i) for i in rng.choice(len(scene.objects), size=count, replace=False))
-            chosen = [(i, _pick_expression(rng, scene.objects[i].expressions)) for i in picked]
+            chosen = [
+                GroupExpression(_pick_expression(rng, scene.objects[i].expressions), (i,)) for i in picked
+            ]
+        if any(self.rates.values()):
+            chosen = self._generalize(scene, chosen, index, epoch)
+        masks = np.zeros((len(chosen), *scene.image.shape[:2]), dtype=bool)
+        for row, group in enumerate(chosen):
+            masks[row] = scene.masks[list(group.targets)].any(0)
         return Sample(
             image=scene.image,
-            masks=scene.masks[[i for i, _ in chosen]],
-            texts=[e.text for _, e in chosen],
+            masks=masks,
+            texts=[g.expression.text for g in chosen],
             image_id=self.image_id(index),
-            kinds=[e.kind for _, e in chosen],
+            kinds=[g.expression.kind for g in chosen],
         )
+
+    def _generalize(
+        self, scene: Scene, chosen: list[GroupExpression], index: int, epoch: int
+    ) -> list[GroupExpression]:
+        """Training: replace each expression, at the configured rates, by a no-target or a
+        multi-target one. Evaluation: add such expressions in the same proportions."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _GENERALIZED_STREAM, epoch, index]))
+        facts = [ObjectFacts(o.colour, o.shape, o.area, o.centre) for o in scene.objects]
+        height, width = scene.image.shape[:2]
+        pools = {
+            "no_target": no_target_expressions(facts, width, height),
+            "multi_target": multi_target_expressions(facts),
+        }
+        if self.max_expressions is not None:
+            out = []
+            for group in chosen:
+                draw, bound = rng.random(), 0.0
+                for name, rate in self.rates.items():
+                    bound += rate
+                    if draw < bound:
+                        group = _pick_group(rng, pools[name]) if pools[name] else group
+                        break
+                out.append(group)
+            return out
+        single = 1 - sum(self.rates.values())
+        extra = []
+        for name, rate in self.rates.items():
+            count = min(round(len(chosen) * rate / single), len(pools[name]))
+            extra += [pools[name][int(i)] for i in sorted(rng.choice(len(pools[name]), count, replace=False))]
+        return chosen + extra
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
