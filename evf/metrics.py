@@ -30,9 +30,10 @@ class ReferringIoU(Metric):
     predicted mask is empty": a presence head that says absent empties the mask): an expression is
     no-target when its ground-truth mask is empty.
 
-    * N-acc = no-target expressions predicted empty / no-target expressions; T-acc = target
-      expressions predicted non-empty / target expressions (reported only when there are no-target
-      expressions, as ReLA).
+    * N-acc = no-target expressions predicted empty / no-target expressions (reported when there
+      are some); T-acc = target expressions predicted non-empty / target expressions (reported when
+      there are some: ReLA reports both only beside no-target expressions, but T-acc per kind shows
+      whether "absent" answers hurt the expressions whose target is there).
     * A no-target expression predicted empty adds IoU 1 to gIoU and nothing to cIoU; predicted
       non-empty it adds IoU 0 and its predicted area to cIoU's union. A target expression predicted
       empty adds IoU 0 and its target area to the union. (These follow from the IoU of the masks.)
@@ -72,14 +73,15 @@ class ReferringIoU(Metric):
             state += (has_target & (iou >= t)).sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """``ciou``, ``giou``, ``pr@0.7`` ... over target expressions, and ``n_acc`` / ``t_acc`` when
+        """``ciou``, ``giou``, and over target expressions ``pr@0.7`` ... and ``t_acc``; ``n_acc`` when
         some expressions had no target."""
         ciou = self.intersection / self.union if self.union > 0 else torch.tensor(1.0, dtype=torch.float64)
         out = {"ciou": ciou, "giou": _ratio(self.iou_sum, self.count)}
         out.update({f"pr@{t}": _ratio(getattr(self, f"pr_{t}"), self.target) for t in PRECISION_THRESHOLDS})
+        if self.target > 0:
+            out["t_acc"] = _ratio(self.target_found, self.target)
         if self.no_target > 0:
             out["n_acc"] = _ratio(self.no_target_empty, self.no_target)
-            out["t_acc"] = _ratio(self.target_found, self.target)
         return {key: value.float() for key, value in out.items()}
 
 
