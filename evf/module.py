@@ -111,7 +111,7 @@ class EVFSAMModule(L.LightningModule):
         compile_encoder: ``torch.compile`` the multimodal encoder (in place: checkpoint keys unchanged).
         init_from: a released EVF-SAM checkpoint directory (`evf.pretrained`) loaded strictly into
             the model after the per-part checkpoints; its config must name the same encoder and
-            backend. (A release has no presence head: with ``presence`` the head starts from init.)
+            backend. (An official release has no presence head: with ``presence`` it starts from init.)
         presence: add the presence head (generalized referring segmentation): it predicts from the
             multimodal feature whether the expression's target is in the image, trained with BCE
             against "the ground-truth mask is non-empty"; below ``presence_threshold`` the
