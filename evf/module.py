@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -10,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
+from torchmetrics.aggregation import SumMetric
 
 from evf.batch import Batch
 from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder_record, restore_image_encoder
@@ -21,6 +23,8 @@ from evf.model import EVFSAM, TrainableParts, create_model
 from evf.pretrained import ReleaseConfig, load_release_weights
 from evf.results import write_results
 from evf.visualize import attention_grid, images_from_pixels, overlay_grid
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -154,6 +158,9 @@ class EVFSAMModule(L.LightningModule):
             self.model.encoder.compile()
         self.val_metrics = nn.ModuleList()
         self.test_metrics = nn.ModuleList()
+        # per split: items that could not be read (on_bad_sample: skip), left out of the metrics
+        self.val_skipped = nn.ModuleList()
+        self.test_skipped = nn.ModuleList()
 
     # ---- embedding cache: checks and the checkpoint record (evf.cache.training) ---------------
     def setup(self, stage: str) -> None:
@@ -186,6 +193,11 @@ class EVFSAMModule(L.LightningModule):
         return loss
 
     def _eval_step(self, stage: str, batch: Batch, batch_idx: int, dataloader_idx: int) -> None:
+        if batch.failures:
+            skipped = self.val_skipped if stage == "val" else self.test_skipped
+            skipped[dataloader_idx].update(float(len(batch.failures)))
+        if batch.num_images == 0:
+            return
         predictions = self(batch)
         metric = (self.val_metrics if stage == "val" else self.test_metrics)[dataloader_idx]
         for prediction, target in zip(predictions, batch.masks, strict=True):
@@ -214,23 +226,35 @@ class EVFSAMModule(L.LightningModule):
         count = len(loaders) if isinstance(loaders, list | tuple) else 1
         return [f"split{i}" for i in range(count)]
 
-    def _reset_metrics(self, metrics: nn.ModuleList, stage: str) -> None:
+    def _reset_metrics(self, metrics: nn.ModuleList, skipped: nn.ModuleList, stage: str) -> None:
         names = self._split_names(stage)
         while len(metrics) < len(names):
             metrics.append(ReferringIoU().to(self.device))
+        while len(skipped) < len(names):
+            skipped.append(SumMetric().to(self.device))
         for m in metrics:
             m.reset()
+        for m in skipped:
+            m.reset()
+            m.update(0.0)  # marks it updated on every process, so that compute() syncs everywhere
 
-    def _log_metrics(self, metrics: nn.ModuleList, stage: str, prefix: str) -> dict[str, float]:
+    def _log_metrics(
+        self, metrics: nn.ModuleList, skipped: nn.ModuleList, stage: str, prefix: str
+    ) -> dict[str, float]:
         """Log ``<prefix>/<split>/<metric>`` and ``<prefix>/<metric>`` over every split together (what
         configs monitor: it exists whatever the data), each with its ``hp/`` copy; rank 0 writes the
-        results table."""
+        results table. A split with unreadable items (skip mode) also logs ``<prefix>/<split>/skipped``."""
         names = self._split_names(stage)
         per_split = {
             name: {key: float(value) for key, value in metric.compute().items()}
             for name, metric in zip(names, metrics, strict=False)
         }
         results = {f"{prefix}/{name}/{key}": v for name, vals in per_split.items() for key, v in vals.items()}
+        for name, counter in zip(names, skipped, strict=False):
+            count = int(counter.compute())
+            if count:
+                results[f"{prefix}/{name}/skipped"] = float(count)
+                log.warning("%s/%s: %d unreadable item(s) skipped, not evaluated", prefix, name, count)
         if per_split:
             overall = pooled(list(metrics)[: len(names)]).compute()
             results.update({f"{prefix}/{key}": float(value) for key, value in overall.items()})
@@ -270,16 +294,16 @@ class EVFSAMModule(L.LightningModule):
         self._log_hparams("test", "test")
 
     def on_validation_epoch_start(self) -> None:
-        self._reset_metrics(self.val_metrics, "validate")
+        self._reset_metrics(self.val_metrics, self.val_skipped, "validate")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics, "validate", "val")
+        self._log_metrics(self.val_metrics, self.val_skipped, "validate", "val")
 
     def on_test_epoch_start(self) -> None:
-        self._reset_metrics(self.test_metrics, "test")
+        self._reset_metrics(self.test_metrics, self.test_skipped, "test")
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, "test", "test")
+        self._log_metrics(self.test_metrics, self.test_skipped, "test", "test")
 
     # ---- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> dict:

@@ -7,8 +7,10 @@ datasets of a mixture do not draw alike); in evaluation (``max_expressions=None`
 every expression. Optional augmentation is seeded the same way.
 
 Wrong data raises `DataError` (or `evf.io.ImageReadError` for image files), whose message names
-the file and the field or id. With ``on_bad_sample="skip"`` such an item is replaced by the next
-valid index (deterministically, no recursion) and the skip is logged with a running count.
+the file and the field or id. With ``on_bad_sample="skip"`` the skip is logged with a running count
+and kept in ``bad_records``; in training such an item is replaced by the next valid index
+(deterministically, no recursion), in evaluation it becomes a `SkippedItem` that the evaluation
+loader leaves out and counts, so every readable expression is evaluated exactly once.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from evf.datamodules.augment import Augmenter
 from evf.datamodules.base import EVFDataset
-from evf.datamodules.sample import Sample
+from evf.datamodules.sample import Sample, SkippedItem
 from evf.io import ImageReadError, read_rgb
 
 log = logging.getLogger(__name__)
@@ -124,16 +126,44 @@ class FileDataset(EVFDataset):
         self.on_bad_sample = on_bad_sample
         self.augmenter = Augmenter() if augment else None
         self.skipped = 0
+        self.bad_records: list[str] = []  # what was skipped and why, in the order met
         self._stream = zlib.crc32(type(self).__name__.encode())
 
     @abstractmethod
     def load(self, index: int, rng: np.random.Generator | None) -> Sample:
         """Item ``index``: with ``rng`` its training draw, without it every expression."""
 
-    def sample(self, index: int, epoch: int) -> Sample:
+    @property
+    def evaluating(self) -> bool:
+        """Evaluation reads every expression (``max_expressions=None``) and never substitutes items."""
+        return self.max_expressions is None
+
+    def sample(self, index: int, epoch: int) -> Sample | SkippedItem:
+        """Item ``index``; a bad one raises (``error``), or in ``skip`` mode is replaced by the next
+        valid item (training) or returned as a `SkippedItem` (evaluation)."""
+        if self.evaluating and self.on_bad_sample == "skip":
+            self._check_index(index)
+            try:
+                return self._sample(index, epoch)
+            except (DataError, ImageReadError) as err:
+                self._skip(f"item {index}", err)
+                return SkippedItem(f"{self.name}#{index}", str(err))
+        return self._readable(index, epoch)
+
+    def image_key(self, index: int) -> str:
+        return self._readable(index, 0).image_id
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self._readable(index, 0).image
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.name}: index {index} out of range for {len(self)} items")
+
+    def _readable(self, index: int, epoch: int) -> Sample:
+        """Item ``index``, or (``skip``) the next valid one."""
+        self._check_index(index)
         size = len(self)
-        if not 0 <= index < size:
-            raise IndexError(f"{self.name}: index {index} out of range for {size} items")
         for offset in range(size):
             current = (index + offset) % size
             try:
@@ -159,6 +189,7 @@ class FileDataset(EVFDataset):
 
     def _skip(self, what: str, err: Exception) -> None:
         self.skipped += 1
+        self.bad_records.append(f"{what}: {err}")
         log.warning(
             "%s: skipped bad %s (%s); %d skipped so far in this process", self.name, what, err, self.skipped
         )
