@@ -32,7 +32,7 @@ from evf.datamodules.labelme import LabelMeDataset
 from evf.datamodules.mask_folder import MaskFolderDataset
 from evf.datamodules.mixture import MixtureDataModule, MixtureDataset, MixtureSampler
 from evf.datamodules.objects365 import Objects365Dataset
-from evf.datamodules.parts import PartImageNetDataset, PascalPartDataset
+from evf.datamodules.parts import PartImageNetDataset, PascalPartDataset, PascalPartMatDataset
 from evf.datamodules.refer import ReferDataset
 from evf.datamodules.sample import Sample, SkippedItem
 from evf.datamodules.semantic import ADE20KDataset, MapillaryDataset
@@ -59,6 +59,7 @@ __all__ = [
     "Objects365Dataset",
     "PartImageNetDataset",
     "PascalPartDataset",
+    "PascalPartMatDataset",
     "ReferDataset",
     "ReferringJsonlDataset",
     "ResumableDataLoader",

@@ -24,13 +24,13 @@ from evf.datamodules.jsonl import ReferringJsonlDataset
 from evf.datamodules.labelme import LabelMeDataset
 from evf.datamodules.mask_folder import MaskFolderDataset
 from evf.datamodules.objects365 import Objects365Dataset
-from evf.datamodules.parts import PartImageNetDataset, PascalPartDataset
+from evf.datamodules.parts import PartImageNetDataset, PascalPartDataset, PascalPartMatDataset
 from evf.datamodules.refer import ReferDataset
 from evf.datamodules.semantic import ADE20KDataset, MapillaryDataset
 
 DatasetKind = Literal[
     "refcoco", "refcoco+", "refcocog", "refclef", "grefcoco", "ade20k", "mapillary", "objects365",
-    "partimagenet", "pascal_part", "humanparsing",
+    "partimagenet", "pascal_part", "pascal_part_mat", "humanparsing",
     "referring_jsonl", "coco_instances", "labelme", "mask_folder",
 ]  # fmt: skip
 
@@ -45,6 +45,7 @@ KINDS = {
     "objects365": Objects365Dataset,
     "partimagenet": PartImageNetDataset,
     "pascal_part": PascalPartDataset,
+    "pascal_part_mat": PascalPartMatDataset,
     "humanparsing": HumanParsingDataset,
     # your own annotations
     "referring_jsonl": ReferringJsonlDataset,
