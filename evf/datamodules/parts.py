@@ -191,6 +191,11 @@ PASCAL_PARTS = {
 }  # fmt: skip
 """VLPart's 93 PASCAL-Part categories: object -> its parts, in VLPart's order (which decides ties)."""
 
+CATEGORY_ORDER = {
+    f"{obj} {part}": i for i, (obj, part) in enumerate((o, p) for o, ps in PASCAL_PARTS.items() for p in ps)
+}
+"""``"<object> <part>"`` -> its position among the 93 (VLPart's category id - 1)."""
+
 _RAW_KEYS = {"license plate": "liplate", "paw": "pa"}
 """Parts whose raw annotation names abbreviate them (``fliplate``, ``lfpa``)."""
 
@@ -227,11 +232,11 @@ def read_part_annotation(path: Path) -> list[tuple[str, np.ndarray]]:
     from scipy.io import loadmat  # scipy loads in a second: only when .mat files are read
     from scipy.io.matlab import MatReadError
 
+    if not path.is_file():
+        raise DataError(f"PASCAL-Part annotation not found: {path}")
     try:
         anno = loadmat(path)["anno"][0, 0]
         objects = anno["objects"]
-    except FileNotFoundError:
-        raise DataError(f"PASCAL-Part annotation not found: {path}") from None
     except (MatReadError, ValueError, OSError, KeyError, IndexError, TypeError) as err:
         raise DataError(f"{path}: not a PASCAL-Part annotation (anno.objects): {err!r}") from None
     parts = []
@@ -299,7 +304,7 @@ class PascalPartMatDataset(FileDataset):
         groups: dict[str, np.ndarray] = {}
         for category, mask in read_part_annotation(path):
             groups[category] = groups[category] | mask if category in groups else mask
-        chosen = sorted(groups)
+        chosen = sorted(groups, key=CATEGORY_ORDER.__getitem__)  # VLPart's category order, as the json
         if rng is not None:
             chosen = [chosen[i] for i in draw(rng, len(chosen), self.max_expressions)]
         shapes = {groups[c].shape for c in chosen}
