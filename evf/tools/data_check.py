@@ -57,7 +57,7 @@ class SplitReport:
 
     def add(self, sample: Sample, preview: int) -> None:
         self.images += 1
-        self.kinds.update(sample.kinds or ["untagged"] * len(sample.texts))
+        self.kinds.update(kind or "untagged" for kind in (sample.kinds or [""] * len(sample.texts)))
         self.no_target += int((~sample.masks.reshape(len(sample.texts), -1).any(axis=1)).sum())
         self.words += [len(t.split()) for t in sample.texts]
         self.texts += sample.texts
@@ -126,11 +126,9 @@ class DataCheckCLI(EVFCLI):
             group.add_argument(f"--{name}", type=type_, default=default, help=help_)
 
     def instantiate_classes(self) -> None:
-        """The datamodule only."""
-        config = self.config.clone()
-        config.pop("model")
-        config.pop("trainer")
-        self.datamodule: EVFDataModule = self.parser.instantiate(config)["data"]
+        """The datamodule only (class groups such as the model are not built, not even by default)."""
+        config = self.parser.instantiate(self.config, instantiate_groups=False)
+        self.datamodule: EVFDataModule = config["data"]
         self.model, self.trainer = None, None
 
     def check(self) -> None:
