@@ -113,11 +113,11 @@ def overlay_grid(
 
 def truth_grid(entries: list[tuple[np.ndarray, np.ndarray, list[str]]], columns: int = 4) -> np.ndarray:
     """Ground truth at a glance (``evf data-check``): per entry ``(image, mask, caption lines)`` the
-    image with the mask filled, the caption under it."""
-    tiles = [
-        captioned(overlay(_upscale(image, TILE), _upscale(mask, TILE)), lines)
-        for image, mask, lines in entries
-    ]
+    image with the mask filled and outlined, the caption under it."""
+    tiles = []
+    for image, mask, lines in entries:
+        big = _upscale(mask, TILE)
+        tiles.append(captioned(overlay(_upscale(image, TILE), big, big, edge=2), lines))
     return _grid(tiles, columns)
 
 

@@ -13,8 +13,8 @@ training dataset and evaluation splits.
 Printed per split: images, expressions by kind (`Sample.kinds`), no-target expressions, expression
 length in words and in tokens of the configured encoder's tokenizer, and how many exceed its limit
 (truncated in training). Then every bad record (file, line or id, reason) and the preview grid
-(``--out``: a PNG of ``--preview`` expressions, ground truth filled). Exit status 1 if any record
-is bad, else 0.
+(``--out``: a PNG of up to ``--preview`` expressions, one per image, ground truth filled and
+outlined). Exit status 1 if any record is bad, else 0.
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ class SplitReport:
         self.no_target += int((~sample.masks.reshape(len(sample.texts), -1).any(axis=1)).sum())
         self.words += [len(t.split()) for t in sample.texts]
         self.texts += sample.texts
-        for text, mask in zip(sample.texts, sample.masks, strict=True):
-            if len(self.preview) < preview:
-                self.preview.append((sample.image, mask, [text, f"{self.name}: {sample.image_id}"[:60]]))
+        if len(self.preview) < preview:  # one expression per image: the preview shows several images
+            k = len(self.preview) % len(sample.texts)
+            self.preview.append((sample.image, sample.masks[k], [sample.texts[k], sample.image_id]))
 
 
 def checked_datasets(datamodule: EVFDataModule) -> tuple[dict[str, EVFDataset], list[str]]:
@@ -155,7 +155,7 @@ class DataCheckCLI(EVFCLI):
         if cfg.preview > 0 and entries:
             Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(truth_grid(entries)).save(cfg.out)
-            print(f"preview: {cfg.out} ({len(entries)} expressions, ground truth filled)")
+            print(f"preview: {cfg.out} ({len(entries)} expressions, ground truth filled and outlined)")
         if bad:
             sys.stdout.flush()
             raise SystemExit(1)

@@ -59,8 +59,8 @@ def test_clean_data_exits_0_with_counts_lengths_and_a_preview(tmp_path: Path, ca
     assert "truncated 0)" in out
     assert "bad records: 0" in out
     grid = np.asarray(Image.open(tmp_path / "preview/grid.png"))
-    assert grid.shape[1] == 4 * 256 and grid.shape[0] > 2 * 256  # 6 tiles: 4 columns, 2 rows
-    assert "preview:" in out and "(6 expressions" in out
+    assert grid.shape[1] == 3 * 256 and 256 < grid.shape[0] < 2 * 256  # one tile per image, 3 images
+    assert "preview:" in out and "(3 expressions" in out
 
 
 def test_bad_records_are_listed_and_exit_1(tmp_path: Path, capsys) -> None:
