@@ -32,6 +32,7 @@ from PIL import Image
 from evf.cli import EVFCLI
 from evf.datamodules import DataError, EVFDataModule, EVFDataset, MixtureDataModule, Sample, build_dataset
 from evf.datamodules.common import FileDataset
+from evf.encoders import build_preprocessor
 from evf.io import ImageReadError
 from evf.visualize import truth_grid
 
@@ -135,7 +136,7 @@ class DataCheckCLI(EVFCLI):
         cfg = self.config
         datasets, failed = checked_datasets(self.datamodule)
         try:
-            tokenizer = self.datamodule.builder.encoder.tokenizer
+            tokenizer = build_preprocessor(self.datamodule.encoder, self.datamodule.tokenizer).tokenizer
         except (ValueError, OSError) as err:
             tokenizer, why = None, str(err)
         quota = -(-cfg.preview // max(len(datasets), 1))  # preview tiles per split, rounded up

@@ -116,13 +116,15 @@ def test_semantic_mode_and_negatives(tmp_path: Path) -> None:
 def test_negatives_in_training_are_drawn_per_epoch_and_images_without_objects_count(tmp_path: Path) -> None:
     write_coco_from_shapes(tmp_path, "train", 2)
     data = json.loads((tmp_path / "annotations/instances_train.json").read_text())
-    data["images"].append({"id": 99, "file_name": "000000000000.png", "height": 1, "width": 1})
+    data["images"].append({**data["images"][0], "id": 99})  # the same picture, no annotation
     data["categories"] += [{"id": 7 + k, "name": f"odd_thing_{k}"} for k in range(6)]
     (tmp_path / "annotations/instances_train.json").write_text(json.dumps(data))
     without = CocoInstancesDataset(tmp_path, "train", max_expressions=None)
     assert len(without) == 2  # the image without annotations yields nothing
     dataset = CocoInstancesDataset(tmp_path, "train", negatives=2, max_expressions=8)
     assert len(dataset) == 3 and "odd thing 0" in dataset.names  # names cleaned: _ -> space
+    only_negatives = dataset.sample(2, 0)
+    assert only_negatives.kinds == ["no_target"] * 2 and not only_negatives.masks.any()
     draws = {tuple(dataset.sample(0, epoch).texts) for epoch in range(6)}
     assert len(draws) > 1 and dataset.sample(0, 3).texts == dataset.sample(0, 3).texts
     for epoch in range(4):
