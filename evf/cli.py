@@ -34,6 +34,10 @@ TOOLS: dict[str, tuple[str, str]] = {
     "cache-embeddings": ("evf.tools.cache_embeddings:CacheEmbeddingsCLI", "SAM image features to disk"),
     "export": ("evf.tools.export:export", "a .ckpt in the released EVF-SAM layout (--ckpt_path, --output)"),
     "pretrain-sam": ("evf.tools.pretrain_sam:pretrain_sam", "train sam_tiny on shapes with SAM's objective"),
+    "data-check": (
+        "evf.tools.data_check:DataCheckCLI",
+        "read every sample of a data config; report (--config)",
+    ),
 }
 
 SUBCOMMAND_HELP = "subcommands: fit, validate, test, predict (LightningCLI; `evf SUBCOMMAND --help`)"

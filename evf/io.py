@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +27,31 @@ def read_rgb(path: str | Path, exif_transpose: bool = True) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as img:
-            img.load()
-            if exif_transpose:
-                img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
-            return np.asarray(img.convert("RGB"))
+            return _to_rgb(img, exif_transpose)
     except FileNotFoundError:
         raise ImageReadError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from err
+
+
+def decode_rgb(data: bytes, name: str, exif_transpose: bool = True) -> np.ndarray:
+    """`read_rgb` for an encoded image held in memory (e.g. LabelMe's embedded ``imageData``);
+    ``name`` says where it came from in error messages."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return _to_rgb(img, exif_transpose)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"cannot read image {name}: {err}") from err
+
+
+def _to_rgb(img: Image.Image, exif_transpose: bool) -> np.ndarray:
+    img.load()
+    if exif_transpose:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+    return np.asarray(img.convert("RGB"))
 
 
 LABEL_MODES = ("L", "P", "I;16", "I;16B", "I;16L", "I")
@@ -61,6 +76,22 @@ def read_label(path: str | Path) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"cannot read label map {path}: {err}") from err
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a binary mask image as bool ``[H,W]``: a pixel is in the mask where its value is non-zero
+    (any channel of a colour image; a palette image by its index; transparency ignored)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in LABEL_MODES or img.mode == "1":
+                return np.asarray(img) != 0
+            return np.asarray(img.convert("RGB")).any(axis=2)
+    except FileNotFoundError:
+        raise ImageReadError(f"mask not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"cannot read mask {path}: {err}") from err
 
 
 def list_images(path: str | Path) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +12,7 @@ import torch
 from jsonargparse.typing import ClosedUnitInterval
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
+from torchmetrics.aggregation import SumMetric
 
 from evf.batch import Batch
 from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder_record, restore_image_encoder
@@ -23,6 +25,8 @@ from evf.model import EVFSAM, TrainableParts, create_model
 from evf.pretrained import ReleaseConfig, load_release_weights
 from evf.results import write_results
 from evf.visualize import attention_grid, images_from_pixels, overlay_grid
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -196,9 +200,12 @@ class EVFSAMModule(L.LightningModule):
             self.model.encoder.compile()
         self.val_metrics = nn.ModuleList()
         self.test_metrics = nn.ModuleList()
-        # per split, one metric per expression kind the split declares (`EVFDataModule.split_kinds`)
+        # per split: one metric per expression kind the split declares (`EVFDataModule.split_kinds`),
+        # and the count of items that could not be read (on_bad_sample: skip), left out of the metrics
         self.val_kind_metrics = nn.ModuleList()
         self.test_kind_metrics = nn.ModuleList()
+        self.val_skipped = nn.ModuleList()
+        self.test_skipped = nn.ModuleList()
 
     # ---- embedding cache: checks and the checkpoint record (evf.cache.training) ---------------
     def setup(self, stage: str) -> None:
@@ -244,9 +251,13 @@ class EVFSAMModule(L.LightningModule):
         return loss
 
     def _eval_step(self, stage: str, batch: Batch, batch_idx: int, dataloader_idx: int) -> None:
+        metrics, kind_metrics, skipped = self._stage_metrics(stage)
+        metric, kind_metrics = metrics[dataloader_idx], kind_metrics[dataloader_idx]
+        if batch.failures:
+            skipped[dataloader_idx].update(float(len(batch.failures)))
+        if batch.num_images == 0:
+            return
         predictions = self(batch)
-        metric = (self.val_metrics if stage == "val" else self.test_metrics)[dataloader_idx]
-        kind_metrics = (self.val_kind_metrics if stage == "val" else self.test_kind_metrics)[dataloader_idx]
         start = 0
         for prediction, target in zip(predictions, batch.masks, strict=True):
             metric.update(prediction.masks, target)
@@ -287,23 +298,35 @@ class EVFSAMModule(L.LightningModule):
             return dm.split_kinds(stage)
         return [() for _ in self._split_names(stage)]
 
-    def _reset_metrics(self, metrics: nn.ModuleList, kind_metrics: nn.ModuleList, stage: str) -> None:
+    def _stage_metrics(self, prefix: str) -> tuple[nn.ModuleList, nn.ModuleList, nn.ModuleList]:
+        """Per split: the metric, the metrics per kind, the skipped-item counter of ``val`` / ``test``."""
+        if prefix == "val":
+            return self.val_metrics, self.val_kind_metrics, self.val_skipped
+        return self.test_metrics, self.test_kind_metrics, self.test_skipped
+
+    def _reset_metrics(self, stage: str, prefix: str) -> None:
+        metrics, kind_metrics, skipped = self._stage_metrics(prefix)
         names = self._split_names(stage)
         while len(metrics) < len(names):
             metrics.append(ReferringIoU().to(self.device))
+        while len(skipped) < len(names):
+            skipped.append(SumMetric().to(self.device))
         for m in metrics:
             m.reset()
+        for m in skipped:
+            m.reset()
+            m.update(0.0)  # marks it updated on every process, so that compute() syncs everywhere
         # Rebuilt from the declared kinds, the same on every process, so their DDP sync matches.
         del kind_metrics[:]
         for kinds in self._split_kinds(stage):
             kind_metrics.append(nn.ModuleDict({kind: pooled([]) for kind in kinds}).to(self.device))
 
-    def _log_metrics(
-        self, metrics: nn.ModuleList, kind_metrics: nn.ModuleList, stage: str, prefix: str
-    ) -> dict[str, float]:
+    def _log_metrics(self, stage: str, prefix: str) -> dict[str, float]:
         """Log ``<prefix>/<split>/<metric>``, ``<prefix>/<split>/<kind>/<metric>`` for the kinds a
         split declares, and ``<prefix>/<metric>`` over every split together (what configs monitor:
-        it exists whatever the data), each with its ``hp/`` copy; rank 0 writes the results table."""
+        it exists whatever the data), each with its ``hp/`` copy; rank 0 writes the results table.
+        A split with unreadable items (skip mode) also logs ``<prefix>/<split>/skipped``."""
+        metrics, kind_metrics, skipped = self._stage_metrics(prefix)
         names = self._split_names(stage)
         per_split = {
             name: {key: float(value) for key, value in metric.compute().items()}
@@ -315,6 +338,11 @@ class EVFSAMModule(L.LightningModule):
                 values = metric.compute()  # synced: the same on every process, so is the skip below
                 if not values["giou"].isnan():  # a declared kind with no expression this time
                     results.update({f"{prefix}/{name}/{kind}/{key}": float(v) for key, v in values.items()})
+        for name, counter in zip(names, skipped, strict=False):
+            count = int(counter.compute())
+            if count:
+                results[f"{prefix}/{name}/skipped"] = float(count)
+                log.warning("%s/%s: %d unreadable item(s) skipped, not evaluated", prefix, name, count)
         if per_split:
             overall = pooled(list(metrics)[: len(names)]).compute()
             results.update({f"{prefix}/{key}": float(value) for key, value in overall.items()})
@@ -354,16 +382,16 @@ class EVFSAMModule(L.LightningModule):
         self._log_hparams("test", "test")
 
     def on_validation_epoch_start(self) -> None:
-        self._reset_metrics(self.val_metrics, self.val_kind_metrics, "validate")
+        self._reset_metrics("validate", "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics, self.val_kind_metrics, "validate", "val")
+        self._log_metrics("validate", "val")
 
     def on_test_epoch_start(self) -> None:
-        self._reset_metrics(self.test_metrics, self.test_kind_metrics, "test")
+        self._reset_metrics("test", "test")
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, self.test_kind_metrics, "test", "test")
+        self._log_metrics("test", "test")
 
     # ---- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> dict:

@@ -111,6 +111,16 @@ def overlay_grid(
     return np.concatenate([legend(max(grid.shape[1], 400))[:, : grid.shape[1]], grid])
 
 
+def truth_grid(entries: list[tuple[np.ndarray, np.ndarray, list[str]]], columns: int = 4) -> np.ndarray:
+    """Ground truth at a glance (``evf data-check``): per entry ``(image, mask, caption lines)`` the
+    image with the mask filled and outlined, the caption under it."""
+    tiles = []
+    for image, mask, lines in entries:
+        big = _upscale(mask, TILE)
+        tiles.append(captioned(overlay(_upscale(image, TILE), big, big, edge=2), lines))
+    return _grid(tiles, columns)
+
+
 def heatmap(image: np.ndarray, attention: np.ndarray) -> np.ndarray:
     """Blend an attention map ``[h,w]`` (any scale; upsampled bilinearly, scaled to its own maximum)
     over ``image`` (uint8 HxWx3) in black -> red -> yellow."""

@@ -334,3 +334,29 @@ def test_fit_with_presence_reports_relas_metrics_per_split_and_kind(tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"train/presence", "val/shapes/val/n_acc", "val/shapes/val/multi_all/ciou"} <= tags
     assert any(tag.startswith("val/shapes/val/absent_") and tag.endswith("/n_acc") for tag in tags)
+
+
+def test_an_empty_target_in_a_dataset_of_single_targets_is_an_error_or_a_counted_skip():
+    from evf.datamodules.common import DataError, FileDataset
+    from evf.datamodules.sample import Sample
+
+    class OneImage(FileDataset):  # every file format goes through FileDataset._sample
+        def __init__(self, kind: str, **kwargs) -> None:
+            super().__init__("one", **kwargs)
+            self.kind = kind
+
+        def __len__(self) -> int:
+            return 1
+
+        def load(self, index, rng):
+            masks = np.zeros((2, 8, 8), dtype=bool)
+            masks[0, 2:4, 2:4] = True
+            return Sample(
+                np.zeros((8, 8, 3), np.uint8), masks, ["the dot", "the cat"], "img-0", ["", self.kind]
+            )
+
+    with pytest.raises(DataError, match="'the cat' has an empty mask but is not a no-target expression"):
+        OneImage("single_target", max_expressions=None).sample(0, 0)
+    skipped = OneImage("single_target", max_expressions=None, on_bad_sample="skip").sample(0, 0)
+    assert "the cat" in skipped.reason
+    assert OneImage("no_target", max_expressions=None).sample(0, 0).texts == ["the dot", "the cat"]

@@ -1,8 +1,10 @@
 """What every EVF DataModule shares: batch building, epoch-keyed sampling, one loader per split.
 
 Datasets implement `EVFDataset`: ``sample(index, epoch) -> Sample``, a pure function of its
-arguments and the dataset's seed. The sampler yields ``(epoch, index)`` keys, so the draws of an
-epoch do not depend on worker processes or on which rank asks. Distribution across processes is
+arguments and the dataset's seed (an evaluation dataset in skip mode may return a `SkippedItem`,
+which `EvaluationCollate` leaves out of the batch and lists in ``batch.failures``). The sampler
+yields ``(epoch, index)`` keys, so the draws of an epoch do not depend on worker processes or on
+which rank asks. Distribution across processes is
 done here (Lightning's sampler replacement is switched off by the CLI): training shards are equal
 length per rank; evaluation shards are disjoint and unpadded, so every expression counts once.
 """
@@ -22,9 +24,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from evf.batch import BatchBuilder
+from evf.batch import Batch, BatchBuilder
 from evf.cache.store import EmbeddingStore
-from evf.datamodules.sample import Sample
+from evf.datamodules.sample import Sample, SkippedItem
 from evf.encoders import build_preprocessor
 from evf.lightning_compat import training_batches_done
 from evf.sam_backends import backend_image_spec
@@ -47,11 +49,11 @@ class EVFDataset(Dataset, ABC):
     def __len__(self) -> int: ...
 
     @abstractmethod
-    def sample(self, index: int, epoch: int) -> Sample:
+    def sample(self, index: int, epoch: int) -> Sample | SkippedItem:
         """The sample at ``index`` for ``epoch`` (epoch only changes random choices, e.g. which
         expressions of an image are drawn in training)."""
 
-    def __getitem__(self, key: tuple[int, int] | int) -> Sample:
+    def __getitem__(self, key: tuple[int, int] | int) -> Sample | SkippedItem:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         return self.sample(index, epoch)
 
@@ -66,6 +68,22 @@ class EVFDataset(Dataset, ABC):
         """The uint8 ``[H,W,3]`` image of item ``index``, without drawing expressions. The default
         goes through ``sample(index, 0)``; datasets override it with a cheaper path."""
         return self.sample(index, 0).image
+
+
+class EvaluationCollate:
+    """The collate of evaluation loaders: a batch of the readable samples; each `SkippedItem` is left
+    out and listed in ``batch.failures`` (``{"image", "error"}``), so that evaluation counts it
+    instead of evaluating a substitute. A batch may then hold no image."""
+
+    def __init__(self, builder: BatchBuilder) -> None:
+        self.builder = builder
+
+    def __call__(self, items: list[Sample | SkippedItem]) -> Batch:
+        batch = self.builder([item for item in items if isinstance(item, Sample)])
+        batch.failures = [
+            {"image": item.image_id, "error": item.reason} for item in items if isinstance(item, SkippedItem)
+        ]
+        return batch
 
 
 def rank_world() -> tuple[int, int]:
@@ -261,7 +279,7 @@ class EVFDataModule(L.LightningDataModule, ABC):
     def _loader_kwargs(self, batch_size: int, train: bool) -> dict:
         return {
             "batch_size": batch_size,
-            "collate_fn": self.builder,
+            "collate_fn": self.builder if train else EvaluationCollate(self.builder),
             "num_workers": self.num_workers,
             "persistent_workers": self.num_workers > 0,
             "drop_last": train,

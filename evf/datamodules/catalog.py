@@ -4,8 +4,8 @@
     DatasetSpec(kind="mapillary", root="/data/mapillary", rate=0.5, options={"version": "v1.2"})
 
 ``kind`` picks the dataset class (`KINDS`), ``options`` are that class's format-specific keyword
-arguments (``split_by``, ``version``, ``annotations``, ``image_dir``). docs/datasets.md lists the
-folder layout of each kind.
+arguments (``split_by``, ``version``, ``annotations``, ``image_dir``, ``templates``, ...).
+docs/datasets.md lists the folder layout of each kind, your own annotations' formats included.
 """
 
 from __future__ import annotations
@@ -16,17 +16,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from evf.datamodules.coco_instances import CocoInstancesDataset
 from evf.datamodules.common import DataError, FileDataset, OnBadSample
 from evf.datamodules.grefcoco import GRefCOCODataset
 from evf.datamodules.humanparsing import HumanParsingDataset
+from evf.datamodules.jsonl import ReferringJsonlDataset
+from evf.datamodules.labelme import LabelMeDataset
+from evf.datamodules.mask_folder import MaskFolderDataset
 from evf.datamodules.objects365 import Objects365Dataset
-from evf.datamodules.parts import PartImageNetDataset, PascalPartDataset
+from evf.datamodules.parts import PartImageNetDataset, PascalPartDataset, PascalPartMatDataset
 from evf.datamodules.refer import ReferDataset
 from evf.datamodules.semantic import ADE20KDataset, MapillaryDataset
 
 DatasetKind = Literal[
     "refcoco", "refcoco+", "refcocog", "refclef", "grefcoco", "ade20k", "mapillary", "objects365",
-    "partimagenet", "pascal_part", "humanparsing",
+    "partimagenet", "pascal_part", "pascal_part_mat", "humanparsing",
+    "referring_jsonl", "coco_instances", "labelme", "mask_folder",
 ]  # fmt: skip
 
 KINDS = {
@@ -40,7 +45,13 @@ KINDS = {
     "objects365": Objects365Dataset,
     "partimagenet": PartImageNetDataset,
     "pascal_part": PascalPartDataset,
+    "pascal_part_mat": PascalPartMatDataset,
     "humanparsing": HumanParsingDataset,
+    # your own annotations
+    "referring_jsonl": ReferringJsonlDataset,
+    "coco_instances": CocoInstancesDataset,
+    "labelme": LabelMeDataset,
+    "mask_folder": MaskFolderDataset,
 }
 """Dataset kind -> class (called with root, split, the options and the common arguments)."""
 

@@ -20,6 +20,11 @@ from pycocotools import mask as mask_utils
 
 from evf.datamodules.common import DataError, require
 
+POLYGON_SLACK = (1.0, 0.01)
+"""How far a polygon vertex may lie beyond the image border: the larger of 1 pixel and 1% of that
+side (tools snap vertices onto the border, some a hair beyond it; released datasets have a few such
+vertices). Beyond that it is a sign of the wrong image, or scaled or swapped coordinates."""
+
 
 def load_json(path: Path, what: str) -> Any:
     """The parsed JSON file, or a `DataError` naming ``what`` and the file."""
@@ -88,11 +93,26 @@ def _rle(part: dict, height: int, width: int, where: str) -> dict:
     return {"size": [height, width], "counts": counts}
 
 
+def check_inside(points: np.ndarray, height: int, width: int, where: str) -> None:
+    """A `DataError` if a vertex ``(x, y)`` of ``points`` ``[n,2]`` lies outside the image by more
+    than `POLYGON_SLACK` (a sign of the wrong image, scaled or swapped coordinates)."""
+    pixels, share = POLYGON_SLACK
+    dx, dy = max(pixels, share * width), max(pixels, share * height)
+    x, y = points[:, 0], points[:, 1]
+    outside = (x < -dx) | (x > width + dx) | (y < -dy) | (y > height + dy)
+    if outside.any():
+        x, y = (float(v) for v in points[np.flatnonzero(outside)[0]])
+        raise DataError(
+            f"{where}: polygon point ({x:g}, {y:g}) lies outside the {height}x{width} image (height x width)"
+        )
+
+
 def _polygon(part: list, height: int, width: int, where: str) -> dict | None:
     if not all(isinstance(v, Real) for v in part):
         raise DataError(f"{where}: a polygon must be a flat list of numbers")
     if len(part) % 2:
         raise DataError(f"{where}: a polygon has an odd number ({len(part)}) of coordinates")
+    check_inside(np.asarray(part, dtype=np.float64).reshape(-1, 2), height, width, where)
     if len(part) < 6:  # fewer than 3 points enclose nothing
         return None
     return mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in part]], height, width))

@@ -7,8 +7,10 @@ datasets of a mixture do not draw alike); in evaluation (``max_expressions=None`
 every expression. Optional augmentation is seeded the same way.
 
 Wrong data raises `DataError` (or `evf.io.ImageReadError` for image files), whose message names
-the file and the field or id. With ``on_bad_sample="skip"`` such an item is replaced by the next
-valid index (deterministically, no recursion) and the skip is logged with a running count.
+the file and the field or id. With ``on_bad_sample="skip"`` the skip is logged with a running count
+and kept in ``bad_records``; in training such an item is replaced by the next valid index
+(deterministically, no recursion), in evaluation it becomes a `SkippedItem` that the evaluation
+loader leaves out and counts, so every readable expression is evaluated exactly once.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from evf.datamodules.augment import Augmenter
 from evf.datamodules.base import EVFDataset
-from evf.datamodules.sample import Sample
+from evf.datamodules.sample import Sample, SkippedItem
 from evf.io import ImageReadError, read_rgb
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,24 @@ def read_image(path: Path, size: tuple[int, int], where: str) -> np.ndarray:
     )
 
 
+NO_TARGET_KIND = "no_target"
+
+
+def check_targets(sample: Sample, where: str) -> None:
+    """A `DataError` if an expression has an empty mask without being tagged ``no_target``: a dataset
+    of single (or multi) targets never yields an empty target; one that may (gRefCOCO, the user
+    formats' no-target records) says so per expression."""
+    if sample.masks is None:
+        return
+    kinds = sample.kinds or [""] * len(sample.texts)
+    for text, kind, mask in zip(sample.texts, kinds, sample.masks, strict=True):
+        if kind != NO_TARGET_KIND and not mask.any():
+            raise DataError(
+                f"{where} ({sample.image_id}): expression {text!r} has an empty mask but is not a "
+                f"no-target expression (kind {kind or 'untagged'!r}); this dataset claims a target for it"
+            )
+
+
 class FileDataset(EVFDataset):
     """Base of the datasets read from disk (see the module docstring).
 
@@ -124,16 +144,44 @@ class FileDataset(EVFDataset):
         self.on_bad_sample = on_bad_sample
         self.augmenter = Augmenter() if augment else None
         self.skipped = 0
+        self.bad_records: list[str] = []  # what was skipped and why, in the order met
         self._stream = zlib.crc32(type(self).__name__.encode())
 
     @abstractmethod
     def load(self, index: int, rng: np.random.Generator | None) -> Sample:
         """Item ``index``: with ``rng`` its training draw, without it every expression."""
 
-    def sample(self, index: int, epoch: int) -> Sample:
+    @property
+    def evaluating(self) -> bool:
+        """Evaluation reads every expression (``max_expressions=None``) and never substitutes items."""
+        return self.max_expressions is None
+
+    def sample(self, index: int, epoch: int) -> Sample | SkippedItem:
+        """Item ``index``; a bad one raises (``error``), or in ``skip`` mode is replaced by the next
+        valid item (training) or returned as a `SkippedItem` (evaluation)."""
+        if self.evaluating and self.on_bad_sample == "skip":
+            self._check_index(index)
+            try:
+                return self._sample(index, epoch)
+            except (DataError, ImageReadError) as err:
+                self._skip(f"item {index}", err)
+                return SkippedItem(f"{self.name}#{index}", str(err))
+        return self._readable(index, epoch)
+
+    def image_key(self, index: int) -> str:
+        return self._readable(index, 0).image_id
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self._readable(index, 0).image
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.name}: index {index} out of range for {len(self)} items")
+
+    def _readable(self, index: int, epoch: int) -> Sample:
+        """Item ``index``, or (``skip``) the next valid one."""
+        self._check_index(index)
         size = len(self)
-        if not 0 <= index < size:
-            raise IndexError(f"{self.name}: index {index} out of range for {size} items")
         for offset in range(size):
             current = (index + offset) % size
             try:
@@ -147,6 +195,7 @@ class FileDataset(EVFDataset):
     def _sample(self, index: int, epoch: int) -> Sample:
         rng = None if self.max_expressions is None else item_rng(self.seed, self._stream, epoch, index)
         sample = self.load(index, rng)
+        check_targets(sample, f"{self.name} item {index}")
         if self.augmenter is not None:
             sample = self.augmenter(sample, item_rng(self.seed, self._stream, _AUGMENT_STREAM, epoch, index))
         return sample
@@ -159,6 +208,7 @@ class FileDataset(EVFDataset):
 
     def _skip(self, what: str, err: Exception) -> None:
         self.skipped += 1
+        self.bad_records.append(f"{what}: {err}")
         log.warning(
             "%s: skipped bad %s (%s); %d skipped so far in this process", self.name, what, err, self.skipped
         )

@@ -116,8 +116,8 @@ class MixtureDataModule(EVFDataModule):
         max_expressions: expressions per training image (the paper: up to 3).
         augment: in training, random horizontal flips (swapping "left" and "right" in the texts)
             and brightness/contrast jitter, seeded per (seed, epoch, index).
-        on_bad_sample: ``error`` stops at wrong data; ``skip`` logs it, counts it and moves on to
-            the next valid item.
+        on_bad_sample: ``error`` stops at wrong data; ``skip`` logs it and counts it: training moves
+            on to the next valid item, evaluation leaves the item out (``val/<split>/skipped``).
         **kwargs: the shared options of `EVFDataModule` (``encoder``, ``batch_size``, ``seed``,
             ``embedding_cache``, ...; the cache is refused with ``augment: true``).
     """

@@ -38,3 +38,17 @@ class Sample:
             )
         if self.kinds and len(self.kinds) != n:
             raise ValueError(f"sample {self.image_id}: {len(self.kinds)} kinds for {n} expressions")
+
+
+@dataclass(frozen=True)
+class SkippedItem:
+    """An evaluation item that could not be read (``on_bad_sample: skip``): evaluation leaves it out
+    and counts it, instead of evaluating a substitute.
+
+    Attributes:
+        image_id: which item (dataset name and index).
+        reason: the error message, naming the file and the field or id.
+    """
+
+    image_id: str
+    reason: str

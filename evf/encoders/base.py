@@ -31,6 +31,10 @@ class Tokenizer(Protocol):
         """Returns ``input_ids`` and ``attention_mask``, both ``[N,L]`` long tensors (1 = real token)."""
         ...
 
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Ids per expression before truncation, special tokens included (above ``max_length``: truncated)."""
+        ...
+
 
 @dataclass(frozen=True, eq=False)
 class EncoderRelease:

@@ -135,6 +135,10 @@ class CLIPTokenizer:
         self.max_length = max_length
         self._tokenizer = open_clip_tokenizer
 
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Ids per expression before truncation, ``<start_of_text>`` and ``<end_of_text>`` included."""
+        return [len(self._tokenizer.encode(t)) + 2 for t in texts]
+
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         if isinstance(texts, str):
             raise TypeError("expected a sequence of expressions, got a single string")
@@ -142,7 +146,7 @@ class CLIPTokenizer:
         if not texts:
             empty = torch.zeros(0, 0, dtype=torch.long)
             return {"input_ids": empty, "attention_mask": empty.clone()}
-        truncated = sum(len(self._tokenizer.encode(t)) + 2 > self.max_length for t in texts)
+        truncated = sum(n > self.max_length for n in self.lengths(texts))
         if truncated:
             log.warning(
                 "truncated %d of %d expression(s) to %d tokens", truncated, len(texts), self.max_length

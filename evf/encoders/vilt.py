@@ -142,11 +142,15 @@ class ViltTokenizer:
         self.max_length = max_length
         self._hf = hf_tokenizer
 
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Ids per expression before truncation, ``[CLS]`` and ``[SEP]`` included."""
+        return [len(ids) for ids in self._hf(list(texts))["input_ids"]] if texts else []
+
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         if isinstance(texts, str):
             raise TypeError("expected a sequence of expressions, got a single string")
         texts = list(texts)
-        truncated = sum(len(ids) > self.max_length for ids in self._hf(texts)["input_ids"])
+        truncated = sum(n > self.max_length for n in self.lengths(texts))
         if truncated:
             log.warning(
                 "truncated %d of %d expression(s) to %d tokens", truncated, len(texts), self.max_length

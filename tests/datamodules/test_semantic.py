@@ -102,5 +102,5 @@ def test_humanparsing_left_right_is_the_viewers_side(tmp_path: Path) -> None:
     right = sample.masks[sample.texts.index("[semantic] right arm")]
     np.testing.assert_array_equal(right, label == 14)
     assert np.nonzero(right)[1].min() > 15  # the "right arm" is on the viewer's right
-    with pytest.raises(DataError, match="single split"):
+    with pytest.raises(DataError, match=r"humanparsing \(atr\) has the split\(s\) \['train'\], not 'val'"):
         HumanParsingDataset(data, "val")

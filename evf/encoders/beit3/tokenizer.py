@@ -45,11 +45,18 @@ class BEiT3Tokenizer:
         """Every id this tokenizer can produce (``<mask>`` included) is below this."""
         return len(self._hf)
 
-    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """``N`` expressions -> ``input_ids`` and ``attention_mask``, both ``[N,L]`` long."""
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Ids per expression before truncation, ``<s>`` and ``</s>`` included."""
+        return [len(x) for x in self._ids(texts)]
+
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
         if isinstance(texts, str):
             raise TypeError("expected a sequence of expressions, got a single string")
-        ids = self._hf(list(texts), add_special_tokens=True)["input_ids"]
+        return self._hf(list(texts), add_special_tokens=True)["input_ids"]
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``N`` expressions -> ``input_ids`` and ``attention_mask``, both ``[N,L]`` long."""
+        ids = self._ids(texts)
         truncated = sum(len(x) > self.max_length for x in ids)
         if truncated:
             log.warning("truncated %d of %d expression(s) to %d tokens", truncated, len(ids), self.max_length)
