@@ -20,6 +20,7 @@ from pycocotools import mask as mask_utils
 from segment_anything.modeling import ImageEncoderViT
 
 import evf
+from evf.assets import SAM_TINY_SHAPES
 from evf.cli import main
 from evf.demo.cli import load_model
 from evf.demo.drawing import masks_overlay
@@ -144,8 +145,8 @@ def test_a_file_that_is_not_an_image_gets_a_message_and_the_server_goes_on(clien
 # ---- the command line -------------------------------------------------------------------------------
 
 
-def _run_checkpoint(tmp_path) -> tuple[Path, EVFSAMModule]:
-    module = EVFSAMModule("beit3_tiny", "sam_tiny")
+def _run_checkpoint(tmp_path, **kwargs) -> tuple[Path, EVFSAMModule]:
+    module = EVFSAMModule("beit3_tiny", "sam_tiny", **kwargs)
     torch.nn.init.normal_(module.model.projector[0].weight, std=0.5)  # not the init a rebuild would draw
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
     trainer.strategy.connect(module)
@@ -163,6 +164,22 @@ def test_load_model_reads_a_run_checkpoint_and_a_release(tmp_path, scene):
     model, title = load_model(pretrained=tmp_path / "release")
     assert torch.equal(model.predict(scene.image, ["the triangle"]).logits, expected)
     assert "release" in title
+
+
+def test_a_run_trained_from_an_embedding_cache_needs_its_sam_weights(tmp_path, scene, capsys):
+    ckpt, module = _run_checkpoint(
+        tmp_path, backend_checkpoint=str(SAM_TINY_SHAPES), use_embedding_cache=True
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--ckpt_path", str(ckpt)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "holds no SAM image encoder: pass --backend_checkpoint" in err
+    model, _ = load_model(ckpt_path=ckpt, backend_checkpoint=SAM_TINY_SHAPES)
+    live = evf.create_model("beit3_tiny", "sam_tiny", backend_kwargs={"checkpoint": SAM_TINY_SHAPES})
+    missing, unexpected = live.load_state_dict(module.model.state_dict(), strict=False)
+    assert missing and all(".image_encoder." in k for k in missing) and not unexpected  # only SAM's encoder
+    expected = live.eval().predict(scene.image, ["the triangle"]).logits
+    assert torch.equal(model.predict(scene.image, ["the triangle"]).logits, expected)
 
 
 @pytest.mark.parametrize(
