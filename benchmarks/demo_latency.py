@@ -1,25 +1,31 @@
 """``evf demo`` latency: a new prompt on an image the page has encoded vs a new image.
 
-    python benchmarks/demo_latency.py --models tiny large --iterations 1     # CPU, ~5 min on 2 cores
+    python benchmarks/demo_latency.py --models tiny --warmup 1 --iterations 5 \
+        --out benchmarks/results/demo_latency_cpu_tiny.json
+    python benchmarks/demo_latency.py --models large --warmup 0 --iterations 1 \
+        --out benchmarks/results/demo_latency_cpu_large.json                    # ~10 GB, minutes
 
-Two ways per model, each model in a fresh process:
+The page is served on 127.0.0.1 in the benchmark's process and asked through ``gradio_client``, as a
+browser would: ``/segment`` with a new image (upload of a 480 x 640 PNG, read, the SAM image encoder
+once, BEIT-3 over the prompts, one mask-decoder call, postprocessing, the overlay, mask PNGs and
+``predictions.json`` written and downloaded), then the same request again on that image (everything
+but the image encoder). Every "new image" has new pixels (Gradio stores uploads by content).
+Reported per request: wall seconds, CPU seconds of the process (all threads: server, model,
+client; on a shared CPU the wall time depends on the other jobs, the CPU time much less), and the
+encoder / decoder milliseconds the page itself shows.
 
-* **session**: `evf.demo.session.DemoSession` in-process, what a request runs: a new image is
-  ``load`` (read the PNG, the SAM image encoder once) + ``segment`` (BEIT-3 over the prompts, one
-  mask-decoder call, postprocessing, mask PNGs and ``predictions.json`` written); a new prompt on
-  the encoded image is ``segment`` alone. The encoder / decoder split is what the page shows.
-* **served**: the page's ``/segment`` endpoint through ``gradio_client`` on 127.0.0.1, wall time
-  of the whole round trip (upload of the 480 x 640 PNG, queue, the work above, download of the
-  overlay and files). Every "new image" has new pixels (Gradio stores uploads by content).
-
+Model work runs in Gradio's worker threads, as in ``evf demo``. (The same ``Predictor.predict`` called
+from the main thread took an erratic 0.2-3.4 s for the tiny model on the loaded 2-core machine,
+against 16-30 ms from another thread: likely PyTorch's two OpenMP threads waiting on each other.)
 Random weights; the real models read the bundled shapes tokenizer (only the token ids differ).
-Writes ``benchmarks/results/demo_latency_<device>.json``; the write-up is ``demo_video.md``.
+The write-up is ``demo_video.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import socket
 import statistics
 import sys
@@ -55,31 +61,27 @@ def new_image(folder: Path, k: int) -> Path:
     return path
 
 
-def session_rows(model, folder: Path, counts: list[int], warmup: int, iterations: int) -> list[dict]:
-    from evf.demo.session import DemoSession
+class Clock:
+    """Wall seconds and CPU seconds of this process (all its threads: the server's, the model's) since
+    it was made. On a shared CPU the wall time depends on the other jobs; the CPU time much less."""
 
-    rows = []
-    for count in counts:
-        text = "\n".join(PROMPTS[i % len(PROMPTS)] for i in range(count))
-        fresh, prompt_only, encode_ms, decode_ms = [], [], [], []
-        for k in range(warmup + iterations):
-            session = DemoSession(model)
-            start = time.perf_counter()
-            session.load(new_image(folder, 1000 * count + k))
-            session.segment(session.prompts(text, False, "", ""), encoded_now=True)
-            total = time.perf_counter() - start
-            start = time.perf_counter()
-            result = session.segment(session.prompts(text, True, "", ""))  # other prompts, same image
-            if k >= warmup:
-                fresh.append(total)
-                prompt_only.append(time.perf_counter() - start)
-                encode_ms.append(result.encode_ms)
-                decode_ms.append(result.decode_ms)
-        rows.append({
-            "way": "session", "prompts": count, "new_image_seconds": fresh, "new_prompt_seconds": prompt_only,
-            "encode_ms": statistics.median(encode_ms), "decode_ms": statistics.median(decode_ms),
-        })  # fmt: skip
-    return rows
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+TIMING = re.compile(r"\*\*encode\*\* (\d+) ms .*\*\*decode\*\* (\d+) ms")  # the page's timing line
+
+
+def _row(count: int, fresh: list[tuple], again: list[tuple]) -> dict:
+    """Per request: (wall s, CPU s, the page's encode ms, decode ms)."""
+    row: dict = {"prompts": count}
+    for name, runs in (("new_image", fresh), ("new_prompt", again)):
+        for k, key in enumerate(("seconds", "cpu_seconds", "encode_ms", "decode_ms")):
+            row[f"{name}_{key}"] = [r[k] for r in runs]
+    return row
 
 
 def served_rows(model, folder: Path, counts: list[int], warmup: int, iterations: int) -> list[dict]:
@@ -96,63 +98,55 @@ def served_rows(model, folder: Path, counts: list[int], warmup: int, iterations:
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(folder / "downloads"))
 
-        def segment(path: Path, text: str) -> float:
-            start = time.perf_counter()
-            client.predict(handle_file(str(path)), text, False, "", "", api_name="/segment")
-            return time.perf_counter() - start
+        def segment(path: Path, text: str) -> tuple[float, float, int, int]:
+            clock = Clock()
+            timing = client.predict(handle_file(str(path)), text, False, "", "", api_name="/segment")[2]
+            encode_ms, decode_ms = map(int, TIMING.search(timing).groups())
+            return (*clock.read(), encode_ms, decode_ms)
 
         for count in counts:
             text = "\n".join(PROMPTS[i % len(PROMPTS)] for i in range(count))
-            fresh, prompt_only = [], []
+            fresh, again = [], []
             for k in range(warmup + iterations):
                 path = new_image(folder, 2000 * count + k)
-                first, again = segment(path, text), segment(path, text)  # same text: decoded again
+                first, second = segment(path, text), segment(path, text)  # same text: decoded again
                 if k >= warmup:
                     fresh.append(first)
-                    prompt_only.append(again)
-            rows.append(
-                {
-                    "way": "served",
-                    "prompts": count,
-                    "new_image_seconds": fresh,
-                    "new_prompt_seconds": prompt_only,
-                }
-            )
+                    again.append(second)
+            rows.append(_row(count, fresh, again))
     finally:
         app.close()
     return rows
 
 
 def measure(args: argparse.Namespace, name: str) -> list[dict]:
-    """In the child process: session and served rows per prompt count."""
+    """In the child process: one row per prompt count."""
     torch.manual_seed(0)
     model = build(name, torch.device(args.device))
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        rows = session_rows(model, folder, args.prompts, args.warmup, args.iterations)
-        rows += served_rows(model, folder, args.prompts, args.warmup, args.iterations)
+        rows = served_rows(model, Path(tmp), args.prompts, args.warmup, args.iterations)
     for row in rows:
         row.update(model=name, peak_bytes=peak_bytes(torch.device(args.device)))
     return rows
 
 
 def table(rows: list[dict]) -> str:
+    """Medians: wall seconds (CPU seconds of the process) and the page's encode / decode ms."""
     lines = [
-        "| model | way | prompts | new image (s) | new prompt, same image (s) | ratio | encode / decode ms |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | prompts | new image: s (CPU s) | new prompt, same image: s (CPU s) | CPU ratio "
+        "| page: encode / decode ms | peak RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        fresh, again = statistics.median(r["new_image_seconds"]), statistics.median(r["new_prompt_seconds"])
-        split = f"{r['encode_ms']:.0f} / {r['decode_ms']:.0f}" if "encode_ms" in r else ""
+        med = {k: statistics.median(v) for k, v in r.items() if isinstance(v, list)}
         cells = [
-            r["model"],
-            r["way"],
-            r["prompts"],
-            f"{fresh:.3f}",
-            f"{again:.3f}",
-            f"{fresh / again:.1f}x",
-            split,
-        ]
+            r["model"], r["prompts"],
+            f"{med['new_image_seconds']:.3f} ({med['new_image_cpu_seconds']:.3f})",
+            f"{med['new_prompt_seconds']:.3f} ({med['new_prompt_cpu_seconds']:.3f})",
+            f"{med['new_image_cpu_seconds'] / med['new_prompt_cpu_seconds']:.1f}x",
+            f"{med['new_image_encode_ms']:.0f} / {med['new_prompt_decode_ms']:.0f}",
+            f"{r['peak_bytes'] / 2**30:.1f} GiB",
+        ]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
@@ -176,7 +170,7 @@ def main() -> None:
         rows += json.loads(run_child(Path(__file__), [name, *passed, "--prompts", *map(str, args.prompts)]))
         print(f"{name}: done", file=sys.stderr, flush=True)
     print(table(rows))
-    out = args.out or RESULTS / f"demo_latency_{torch.device(args.device).type}.json"
+    out = args.out or RESULTS / f"demo_latency_{torch.device(args.device).type}_{'_'.join(args.models)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("child", "out")}
     out.write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows}, indent=1))

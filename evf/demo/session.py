@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from evf.datamodules.common import SEMANTIC_PREFIX, semantic_prompt
 from evf.decode import Prediction
@@ -79,8 +80,9 @@ class DemoSession:
         return self.source.name if self.source is not None else "image"
 
     def load(self, path: str | Path | None) -> bool:
-        """Read the image file at ``path`` and encode it, unless it is the one already encoded.
-        Returns whether the image encoder ran.
+        """Read the image file at ``path`` and encode it, unless it is the one already encoded (the
+        same path: Gradio keeps each upload in a folder named by the hash of its content). Returns
+        whether the image encoder ran.
 
         Raises:
             DemoInputError: no file, or a file that is not a readable image (the old image stays).
@@ -97,6 +99,8 @@ class DemoSession:
             raise DemoInputError(f"cannot read {path.name} as an image ({reason})") from err
         start = time.perf_counter()
         self.predictor.set_image(image)
+        if self.predictor.device.type == "cuda":
+            torch.cuda.synchronize()  # the time of the encoder, not of its launch
         self.encode_ms = (time.perf_counter() - start) * 1000
         self.source, self.image, self.pending_corner = path, image, None
         return True
@@ -151,18 +155,10 @@ class DemoSession:
         start = time.perf_counter()
         result = self.predictor.predict(prompts)
         prediction = Prediction(*(None if t is None else t.cpu() for t in vars(result).values()))
-        decode_ms = (time.perf_counter() - start) * 1000
-        n = len(prompts)
-        presence = [1.0] * n if prediction.presence is None else prediction.presence.tolist()
-        return DemoResult(
-            prompts,
-            prediction,
-            presence,
-            self.encode_ms,
-            encoded_now,
-            decode_ms,
-            self._write(prompts, prediction),
-        )
+        decode_ms = (time.perf_counter() - start) * 1000  # .cpu() waited for the device
+        presence = [1.0] * len(prompts) if prediction.presence is None else prediction.presence.tolist()
+        files = self._write(prompts, prediction)
+        return DemoResult(prompts, prediction, presence, self.encode_ms, encoded_now, decode_ms, files)
 
     def _write(self, prompts: list[Prompt], prediction: Prediction) -> list[Path]:
         """One folder per request; the previous one goes (Gradio has copied its files by then)."""
