@@ -154,11 +154,12 @@ class DemoSession:
         """Masks for ``prompts`` on the current image, and the files to download."""
         start = time.perf_counter()
         result = self.predictor.predict(prompts)
-        prediction = Prediction(*(None if t is None else t.cpu() for t in vars(result).values()))
+        presence = None if result.presence is None else result.presence.cpu()
+        prediction = Prediction(result.logits.cpu(), result.masks.cpu(), result.scores.cpu(), presence)
         decode_ms = (time.perf_counter() - start) * 1000  # .cpu() waited for the device
-        presence = [1.0] * len(prompts) if prediction.presence is None else prediction.presence.tolist()
+        shown_presence = [1.0] * len(prompts) if presence is None else presence.tolist()
         files = self._write(prompts, prediction)
-        return DemoResult(prompts, prediction, presence, self.encode_ms, encoded_now, decode_ms, files)
+        return DemoResult(prompts, prediction, shown_presence, self.encode_ms, encoded_now, decode_ms, files)
 
     def _write(self, prompts: list[Prompt], prediction: Prediction) -> list[Path]:
         """One folder per request; the previous one goes (Gradio has copied its files by then)."""

@@ -2,6 +2,7 @@
 `evf.Predictor`'s, the image is encoded once per upload, bad input gets a message and the server
 goes on; and the command line."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -23,7 +24,8 @@ import evf
 from evf.assets import SAM_TINY_SHAPES
 from evf.cli import main
 from evf.demo.cli import load_model
-from evf.demo.drawing import masks_overlay
+from evf.demo.drawing import legend_html, masks_overlay
+from evf.demo.session import DemoSession
 from evf.io import read_rgb
 from evf.module import EVFSAMModule
 from evf.tools.export import export_release
@@ -235,3 +237,19 @@ def _connect(url: str, server: subprocess.Popen, tmp_path: Path, wait: float = 1
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def test_the_legend_shows_a_models_presence_or_one(demo_model, scene, monkeypatch):
+    session = DemoSession(demo_model)
+    session.load(scene.path)
+    prompts = session.prompts("the triangle\nthe shape at the top", False, "", "")
+    assert "<td>1.000</td>" in legend_html(session.segment(prompts))  # no presence head: read as 1.0
+    predict = session.predictor.predict
+
+    def with_presence(p):  # what a model with a presence head returns (the generalized-referring work)
+        return dataclasses.replace(predict(p), presence=torch.tensor([0.25, 0.75]))
+
+    monkeypatch.setattr(session.predictor, "predict", with_presence)
+    result = session.segment(prompts)
+    assert result.presence == [0.25, 0.75]
+    assert "<td>0.250</td>" in legend_html(result) and "<td>0.750</td>" in legend_html(result)
