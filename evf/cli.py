@@ -30,6 +30,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "sweep": ("evf.sweep.commands:sweep", "train and evaluate a grid of configs (--grid FILE)"),
     "sweep-report": ("evf.sweep.commands:sweep_report", "the table of a sweep directory (DIR)"),
     "describe": ("evf.tools.describe:describe", "parameter counts per part (meta device)"),
+    "demo": ("evf.demo.cli:demo", "a Gradio page: upload an image, type expressions, see masks (evf[demo])"),
     "annotate-objects365": ("evf.tools.annotate_objects365:main", "SAM masks for Objects365 boxes"),
     "cache-embeddings": ("evf.tools.cache_embeddings:CacheEmbeddingsCLI", "SAM image features to disk"),
     "export": ("evf.tools.export:export", "a .ckpt in the released EVF-SAM layout (--ckpt_path, --output)"),

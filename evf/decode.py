@@ -9,7 +9,7 @@ an optional autocast).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -38,6 +38,11 @@ class Prediction:
     scores: torch.Tensor
     present: torch.Tensor
     presence_logits: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Prediction:
+        """The same prediction with every tensor on ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Prediction(**{k: None if v is None else v.to(device) for k, v in moved.items()})
 
     @property
     def presence(self) -> torch.Tensor:

@@ -46,18 +46,49 @@ from evf.prompts import Prompt
 def parse_point(value: str) -> tuple[tuple[float, float], int]:
     """``"x,y"`` or ``"x,y,label"`` (commas or spaces) -> ((x, y), label)."""
     parts = value.replace(",", " ").split()
-    if len(parts) not in (2, 3):
-        raise ValueError(f"a point is 'x,y' or 'x,y,label', got {value!r}")
-    x, y, label = float(parts[0]), float(parts[1]), int(parts[2]) if len(parts) == 3 else 1
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        x, y, label = float(parts[0]), float(parts[1]), int(parts[2]) if len(parts) == 3 else 1
+    except ValueError:
+        raise ValueError(f"a point is 'x,y' or 'x,y,label' (numbers), got {value!r}") from None
     return (x, y), label
 
 
 def parse_box(value: str) -> tuple[float, float, float, float]:
     """``"x0,y0,x1,y1"`` (commas or spaces) -> the four numbers."""
     parts = value.replace(",", " ").split()
-    if len(parts) != 4:
-        raise ValueError(f"a box is 'x0,y0,x1,y1', got {value!r}")
-    return tuple(float(v) for v in parts)  # type: ignore[return-value]
+    try:
+        if len(parts) != 4:
+            raise ValueError
+        return tuple(float(v) for v in parts)  # type: ignore[return-value]
+    except ValueError:
+        raise ValueError(f"a box is 'x0,y0,x1,y1' (numbers), got {value!r}") from None
+
+
+def prompts_with_geometry(
+    prompts: Sequence[str | Prompt], points: Sequence[str] = (), box: str | None = None
+) -> list[Prompt]:
+    """``prompts`` (expressions or ready `Prompt` s) with ``points`` (``"x,y[,label]"``) and ``box``
+    (``"x0,y0,x1,y1"``) joined to every expression; without expressions the points and box form one
+    prompt of their own. Blank expressions are dropped. (``evf predict``'s and ``evf demo``'s rule.)
+
+    Raises:
+        ValueError: a malformed point or box.
+    """
+    parsed = [parse_point(p) for p in points]
+    geometry = {
+        "points": tuple(p for p, _ in parsed),
+        "point_labels": tuple(lb for _, lb in parsed),
+        "box": parse_box(box) if box else None,
+    }
+    given = [p for p in prompts if isinstance(p, Prompt)]
+    texts = [t for t in prompts if isinstance(t, str) and t.strip()]
+    if texts:
+        given += [Prompt(text, **geometry) for text in texts]
+    elif parsed or box:
+        given.append(Prompt(**geometry))
+    return given
 
 
 def _prompt_from(entry: Any, where: str) -> Prompt:
@@ -176,18 +207,7 @@ def collect_inputs(
     Raises:
         ValueError: nothing to predict, images given without prompts, or a malformed point or box.
     """
-    parsed = [parse_point(p) for p in points]
-    geometry = {
-        "points": tuple(p for p, _ in parsed),
-        "point_labels": tuple(lb for _, lb in parsed),
-        "box": parse_box(box) if box else None,
-    }
-    given = [p for p in prompts if isinstance(p, Prompt)]
-    texts = [t for t in prompts if isinstance(t, str) and t.strip()]
-    if texts:
-        given += [Prompt(text, **geometry) for text in texts]
-    elif parsed or box:
-        given.append(Prompt(**geometry))
+    given = prompts_with_geometry(prompts, points, box)
     items = [item for image in images for item in _expand(Path(image), given, "--prompt")]
     if manifest is not None:
         items += read_manifest(manifest)
@@ -263,5 +283,6 @@ __all__ = [
     "parse_box",
     "parse_point",
     "predict_loader",
+    "prompts_with_geometry",
     "read_manifest",
 ]

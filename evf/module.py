@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics.aggregation import SumMetric
 
 from evf.batch import Batch
+from evf.cache.keys import CacheMismatchError
 from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder_record, restore_image_encoder
 from evf.checkpoint import CheckpointError
 from evf.decode import Prediction, check_presence_threshold, decode
@@ -219,6 +220,40 @@ class EVFSAMModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_presence_head(self.model, checkpoint.get("state_dict", {}))
         restore_image_encoder(self, checkpoint)
+
+    @classmethod
+    def load_for_inference(
+        cls,
+        ckpt_path: str | Path,
+        backend_checkpoint: str | Path | None = None,
+        tokenizer: str | Path | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> EVFSAMModule:
+        """A trained run for inference and export: every weight comes from ``ckpt_path`` (the run's
+        part checkpoints and ``init_from`` release are not read), with the SAM image encoder built.
+
+        Args:
+            ckpt_path: our Lightning checkpoint.
+            backend_checkpoint: for a run trained from an embedding cache (its checkpoint holds no
+                SAM image encoder), the SAM weights the cache was built from (their hash is checked).
+            tokenizer: the encoder's tokenizer file or directory (default: the one the run used).
+            map_location: where the weights are loaded.
+        """
+        overrides: dict[str, Any] = {
+            "encoder_checkpoint": None,
+            "backend_checkpoint": backend_checkpoint,
+            "init_from": None,
+            "use_embedding_cache": False,
+        }
+        if tokenizer is not None:
+            overrides["tokenizer"] = tokenizer
+        try:
+            return cls.load_from_checkpoint(ckpt_path, map_location=map_location, **overrides)
+        except CacheMismatchError as err:
+            raise CacheMismatchError(
+                f"{ckpt_path} was trained from an embedding cache and holds no SAM image encoder: pass "
+                f"--backend_checkpoint with the SAM weights the cache was built from. ({err})"
+            ) from err
 
     # ---- steps -------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> list[Prediction]:

@@ -25,12 +25,16 @@ def denormalise(
 
 
 def overlay(
-    image: np.ndarray, pred: np.ndarray, target: np.ndarray | None = None, edge: int = 1
+    image: np.ndarray,
+    pred: np.ndarray,
+    target: np.ndarray | None = None,
+    edge: int = 1,
+    colour: np.ndarray = PRED_COLOUR,
 ) -> np.ndarray:
-    """Fill the predicted mask into ``image`` (uint8 HxWx3, half magenta) and outline the true mask in
-    cyan, ``edge`` pixels wide."""
+    """Fill the predicted mask into ``image`` (uint8 HxWx3, half ``colour``: magenta by default) and
+    outline the true mask in cyan, ``edge`` pixels wide."""
     out = image.astype(np.float32)
-    out[pred] = 0.5 * out[pred] + 0.5 * PRED_COLOUR
+    out[pred] = 0.5 * out[pred] + 0.5 * np.asarray(colour, dtype=np.float32)
     out = out.astype(np.uint8)
     if target is not None:
         inner = target

@@ -61,25 +61,9 @@ def export(
     Returns:
         The output directory.
     """
-    from evf.cache.keys import CacheMismatchError  # deferred: Lightning is only needed here
-    from evf.module import EVFSAMModule
+    from evf.module import EVFSAMModule  # deferred: Lightning is only needed here
 
-    # Every weight comes from the checkpoint: the run's part checkpoints and release are not read.
-    overrides: dict[str, Any] = {
-        "encoder_checkpoint": None,
-        "backend_checkpoint": backend_checkpoint,
-        "init_from": None,
-        "use_embedding_cache": False,
-    }
-    if tokenizer is not None:
-        overrides["tokenizer"] = tokenizer
-    try:
-        module = EVFSAMModule.load_from_checkpoint(ckpt_path, map_location="cpu", **overrides)
-    except CacheMismatchError as err:
-        raise CacheMismatchError(
-            f"{ckpt_path} was trained from an embedding cache and holds no SAM image encoder: pass "
-            f"--backend_checkpoint with the SAM weights the cache was built from. ({err})"
-        ) from err
+    module = EVFSAMModule.load_for_inference(ckpt_path, backend_checkpoint, tokenizer)
     hp = module.hparams
     return export_release(
         module.model,
