@@ -11,6 +11,7 @@ evf <tool> --help          # extra tools, listed by `evf --help`
 from __future__ import annotations
 
 import sys
+import typing
 from collections.abc import Callable
 
 from jsonargparse.typing import PositiveInt
@@ -23,6 +24,7 @@ from evf.datamodules.predict import MaskWriter, PredictDataModule
 from evf.inputs import collect_inputs
 from evf.lightning_compat import SubcommandArgumentsCLI
 from evf.module import EVFSAMModule
+from evf.video.errors import VideoError
 
 # Extra tools: name -> (module:function, one-line help). Each is a typed function run by jsonargparse,
 # or an `EVFCLI` subclass (a tool that reads training configs: `--config FILE` plus its own options).
@@ -34,6 +36,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "cache-embeddings": ("evf.tools.cache_embeddings:CacheEmbeddingsCLI", "SAM image features to disk"),
     "export": ("evf.tools.export:export", "a .ckpt in the released EVF-SAM layout (--ckpt_path, --output)"),
     "pretrain-sam": ("evf.tools.pretrain_sam:pretrain_sam", "train sam_tiny on shapes with SAM's objective"),
+    "predict-video": ("evf.tools.predict_video:predict_video", "text-prompted masks through a clip (SAM-2)"),
 }
 
 SUBCOMMAND_HELP = "subcommands: fit, validate, test, predict (LightningCLI; `evf SUBCOMMAND --help`)"
@@ -140,6 +143,21 @@ def uses_cache(embedding_cache: str | None) -> bool:
     return embedding_cache is not None
 
 
+def repeatable_lists(tool: Callable, argv: list[str]) -> list[str]:
+    """Let a tool's list-typed options repeat (``--prompt a --prompt b``): jsonargparse appends to a
+    list with ``--prompt+ a``, and would read a repeated plain option as a JSON list each time."""
+    lists = {
+        f"--{name}"
+        for name, hint in typing.get_type_hints(tool).items()
+        if list in (typing.get_origin(hint), *map(typing.get_origin, typing.get_args(hint)))
+    }
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        out.append(f"{name}+{sep}{value}" if name in lists else arg)
+    return out
+
+
 def _load_tool(target: str) -> Callable:
     module, func = target.split(":")
     return getattr(__import__(module, fromlist=[func]), func)
@@ -147,7 +165,7 @@ def _load_tool(target: str) -> Callable:
 
 # Errors that describe the user's input (a file, a key, a store), each with a message naming it: the
 # command line prints that message and exits 2, without a traceback (kept for bugs).
-ANTICIPATED = (CacheError, CheckpointError, DataError)
+ANTICIPATED = (CacheError, CheckpointError, DataError, VideoError)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,7 +184,7 @@ def _run(argv: list[str]) -> None:
         if isinstance(tool, type) and issubclass(tool, LightningCLI):  # a tool that reads training configs
             tool(args=argv[1:])
         else:
-            auto_cli(tool, args=argv[1:])
+            auto_cli(tool, args=repeatable_lists(tool, argv[1:]))
         return
     EVFCLI(args=argv)
 

@@ -9,13 +9,12 @@ from evf.datamodules.shapes import ShapesClip, generate_clip, write_clip
 
 
 def tiny_sam2_model(present: bool = True) -> evf.EVFSAM:
-    """``beit3_tiny`` + ``sam2_tiny`` (random init). ``present`` biases SAM-2's occlusion head so that
-    every decoded object is "visible": random weights would otherwise often report every object as
-    absent, and absent objects all have the same constant logits (which would compare equal anyway)."""
+    """``beit3_tiny`` + ``sam2_tiny`` (random init) whose occlusion head is biased so that every
+    decoded object is visible (``present``) or absent. Random weights would otherwise make that call
+    at random; absent objects all have the same constant logits."""
     model = evf.create_model("beit3_tiny", "sam2_tiny").eval()
-    if present:
-        with torch.no_grad():
-            model.backend.mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(20.0)
+    with torch.no_grad():
+        model.backend.mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(1e3 if present else -1e3)
     return model
 
 

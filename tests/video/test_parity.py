@@ -27,7 +27,9 @@ LEGACY = "++model._target_=sam2.sam2_video_predictor_legacy.SAM2VideoPredictor"
 def official_logits(weights: dict, frames_dir, tokens: torch.Tensor) -> list[torch.Tensor]:
     """Per-frame ``[n,H,W]`` logits of EVF-SAM's video inference with ``tokens`` ``[n,1,C]`` on frame 0."""
     config, overrides = video_config("sam2_tiny")
-    official = build_sam2_video_predictor(config, None, device="cpu", hydra_overrides_extra=[LEGACY, *overrides])
+    official = build_sam2_video_predictor(
+        config, None, device="cpu", hydra_overrides_extra=[LEGACY, *overrides]
+    )
     official.load_state_dict(weights, strict=True)
     state = official.init_state(video_path=str(frames_dir))
     official.reset_state(state)

@@ -74,7 +74,10 @@ def generate_clip(seed: int = 0, num_frames: int = 24, size: tuple[int, int] = (
         [(reach[0] + s * (width - 1 - 2 * reach[0]), ROWS[0] * height) for s in t],  # mover
         [(0.1 * width + s * 0.8 * width, ROWS[2] * height) for s in t],  # occluded, behind the wall
         [
-            (width + reach[2] - (i - enter + 1) * (width * 0.45 + reach[2]) / (num_frames - enter), ROWS[1] * height)
+            (
+                width + reach[2] - (i - enter + 1) * (width * 0.45 + reach[2]) / (num_frames - enter),
+                ROWS[1] * height,
+            )
             for i in range(num_frames)
         ],  # entering from the right edge on `enter`
     ]
