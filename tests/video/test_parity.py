@@ -61,9 +61,13 @@ def official_logits(weights: dict, frames_dir, tokens: torch.Tensor) -> list[tor
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("prompts", [["the red circle"], ["the red circle", "the yellow square"]])
-def test_per_frame_logits_equal_the_official_video_path(tmp_path, prompts):
-    _, frames_dir, _ = small_clip(tmp_path, num_frames=8)
+@pytest.mark.parametrize(
+    ("prompts", "length"),
+    [(["the red circle"], 20), (["the red circle", "the yellow square"], 8)],
+)
+def test_per_frame_logits_equal_the_official_video_path(tmp_path, prompts, length):
+    # 20 frames > the memory window (16): our pruned state must not change what is read.
+    _, frames_dir, _ = small_clip(tmp_path, num_frames=length)
     model = tiny_sam2_model()
     predictor = build_video_predictor(model, memory=None, seed=0)
     frames = VideoFrames(frames_dir)
@@ -72,7 +76,9 @@ def test_per_frame_logits_equal_the_official_video_path(tmp_path, prompts):
     ours = [result.logits for result in tracker.run()]
     theirs = official_logits(predictor.state_dict(), frames_dir, tokens)
 
-    assert len(ours) == len(theirs) == 8
+    assert len(ours) == len(theirs) == length
+    kept = tracker.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]
+    assert len(kept) == min(length - 1, predictor.memory_window())
     for k, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"frame {k}")
     # Real masks, not the constant logits of an absent object, and they change as the clip plays.
