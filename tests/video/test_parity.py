@@ -78,7 +78,7 @@ def test_per_frame_logits_equal_the_official_video_path(tmp_path, prompts, lengt
 
     assert len(ours) == len(theirs) == length
     kept = tracker.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]
-    assert len(kept) == min(length - 1, predictor.memory_window())
+    assert len(kept) == min(length - 1, predictor.memory_window() + 1)  # frames k - window ... k
     for k, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"frame {k}")
     # Real masks, not the constant logits of an absent object, and they change as the clip plays.
