@@ -143,18 +143,25 @@ def uses_cache(embedding_cache: str | None) -> bool:
     return embedding_cache is not None
 
 
-def repeatable_lists(tool: Callable, argv: list[str]) -> list[str]:
-    """Let a tool's list-typed options repeat (``--prompt a --prompt b``): jsonargparse appends to a
-    list with ``--prompt+ a``, and would read a repeated plain option as a JSON list each time."""
+def tool_arguments(tool: Callable, argv: list[str]) -> list[str]:
+    """A tool's command line as jsonargparse reads it: options may be spelt with hyphens
+    (``--redetect-every`` for ``--redetect_every``), and list-typed options repeat
+    (``--prompt a --prompt b``; jsonargparse appends with ``--prompt+ a`` and would read a repeated
+    plain option as a whole JSON list)."""
+    hints = typing.get_type_hints(tool)
     lists = {
-        f"--{name}"
-        for name, hint in typing.get_type_hints(tool).items()
+        name
+        for name, hint in hints.items()
         if list in (typing.get_origin(hint), *map(typing.get_origin, typing.get_args(hint)))
     }
     out = []
     for arg in argv:
         name, sep, value = arg.partition("=")
-        out.append(f"{name}+{sep}{value}" if name in lists else arg)
+        key = name[2:].replace("-", "_") if name.startswith("--") else None
+        if key in hints:
+            name = f"--{key}+" if key in lists else f"--{key}"
+            arg = f"{name}{sep}{value}"
+        out.append(arg)
     return out
 
 
@@ -184,7 +191,7 @@ def _run(argv: list[str]) -> None:
         if isinstance(tool, type) and issubclass(tool, LightningCLI):  # a tool that reads training configs
             tool(args=argv[1:])
         else:
-            auto_cli(tool, args=repeatable_lists(tool, argv[1:]))
+            auto_cli(tool, args=tool_arguments(tool, argv[1:]))
         return
     EVFCLI(args=argv)
 

@@ -59,7 +59,7 @@ def test_ckpt_path_with_an_unreadable_frame_exits_1(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["--ckpt_path", str(tmp_path / "run.ckpt"), "--video", str(frames), "--output", str(out)]
     with pytest.raises(SystemExit) as exit_:
-        main(["predict-video", *args, "--prompt", "the red circle", "--redetect_every", "3"])
+        main(["predict-video", *args, "--prompt", "the red circle", "--redetect-every", "3"])
     assert exit_.value.code == 1
     assert "frame 2 (00002.jpg)" in capsys.readouterr().err
     assert len((out / "masks.jsonl").read_text().splitlines()) == 7
@@ -91,3 +91,22 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert err.startswith("evf: error: ") and message.format(**paths) in err and "Traceback" not in err
+
+
+def test_tool_options_take_hyphens_and_lists_repeat():
+    from evf.cli import tool_arguments
+    from evf.tools.predict_video import predict_video as tool
+
+    argv = [
+        "--prompt",
+        "a b",
+        "--prompt=c",
+        "--redetect-every",
+        "3",
+        "--ground-truth=x",
+        "--other-thing",
+        "y",
+    ]
+    assert tool_arguments(tool, argv) == [
+        "--prompt+", "a b", "--prompt+=c", "--redetect_every", "3", "--ground_truth=x", "--other-thing", "y",
+    ]  # fmt: skip
