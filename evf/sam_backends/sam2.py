@@ -5,7 +5,8 @@ and leave the video-memory modules out: EVF works on single images, where SAM 2 
 ``no_mem_embed`` to the lowest-resolution features instead of running memory attention
 (``SAM2ImagePredictor.set_image``). Official checkpoints still load strictly: `SAM2_CHECKPOINT` maps
 every image-path key and drops the memory keys by name, with a reason; `RELEASE_LAYOUT` is how
-EVF-SAM2's released checkpoints hold them.
+EVF-SAM2's released checkpoints hold them. Video builds sam2's full model, memory included, from the
+variant's own sam2 config (`video_config`; `evf.video.tracker`).
 
 Features (`Sam2Backend.encode_image`), for an S x S input: the three FPN levels after
 ``scalp=1`` (strides 4, 8, 16), ``no_mem_embed`` added to the stride-16 level. The mask decoder's

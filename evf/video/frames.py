@@ -3,7 +3,8 @@
 Opening a clip scans it once, decoding every frame and keeping none, so that a frame that cannot be
 read (or differs in size from the first readable one) is reported with its index and skipped before
 tracking starts; afterwards frames are decoded one at a time when asked for, and only the last one
-is kept. Memory therefore does not grow with the clip's length.
+is kept. Memory therefore does not grow with the clip's length. Frame images are read as stored
+(no EXIF rotation), as sam2's own frame loader reads them.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class VideoFrames:
         """Readable frame ``k`` as uint8 ``[H,W,3]`` RGB."""
         index = self.indices[k]
         if self._last is None or self._last[0] != index:
-            image = read_rgb(self._files[index]) if self._files else self._decode(index)
+            image = read_rgb(self._files[index], exif_transpose=False) if self._files else self._decode(index)
             self._last = (index, image)
         return self._last[1]
 
@@ -89,7 +90,7 @@ class VideoFrames:
         shapes = []
         for index, file in enumerate(self._files):
             try:
-                shapes.append(read_rgb(file).shape[:2])
+                shapes.append(read_rgb(file, exif_transpose=False).shape[:2])
             except ImageReadError as err:
                 self._fail(index, file.name, str(err))
                 continue

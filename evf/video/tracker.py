@@ -37,6 +37,7 @@ from sam2.sam2_video_predictor import SAM2VideoPredictor
 from evf.checkpoint import CheckpointError, CheckpointFormat, Rule, StateDict, load_strict, read_state_dict
 from evf.model import EVFSAM
 from evf.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from evf.pretrained import BACKEND_PREFIX, read_release_state
 from evf.sam_backends.sam2 import RELEASE_LAYOUT, SAM2_CHECKPOINT, Sam2Backend, video_config
 from evf.video.errors import VideoError
 from evf.video.frames import VideoFrames
@@ -207,8 +208,6 @@ def read_memory_weights(source: str | Path) -> StateDict:
         FileNotFoundError: no such file or directory.
         CheckpointError: the weights hold no memory modules, or keys of another format.
     """
-    from evf.pretrained import BACKEND_PREFIX, read_release_state
-
     source = Path(source)
     if source.is_dir():
         state, prefix = read_release_state(source), BACKEND_PREFIX
