@@ -110,16 +110,21 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--jf_frames", type=int, default=24)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1: on a shared CPU, 2 threads thrash)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.child:  # one size, in a fresh process
         print(json.dumps(speed(args.sizes[0], args.frames, args.device)))
         return
     script = Path(__file__).resolve()
     rows = []
     for size in args.sizes:
-        line = run_child(script, ["--sizes", size, "--frames", str(args.frames), "--device", args.device])
+        options = ["--frames", str(args.frames), "--device", args.device, "--threads", str(args.threads)]
+        line = run_child(script, ["--sizes", size, *options])
         rows.append(json.loads(line))
         print(f"{size:<14} {rows[-1]['frames_per_s']:.3f} frames/s ({rows[-1]['seconds']:.1f} s)")
     jf = redetect_jf(args.jf_frames)
