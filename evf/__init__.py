@@ -9,6 +9,7 @@ prompts = [evf.Prompt("the dog", box=(10, 20, 200, 180)), evf.Prompt(points=((50
 mixed = predictor.predict(prompts)                   # text, points, boxes, or a mix per prompt
 model = evf.load_pretrained("checkpoints/evf-sam2")  # a released EVF-SAM checkpoint directory
 report = evf.predict_images(model, "photos/", ["the dog"], output="masks")  # files, folders, manifest
+video = evf.predict_video(model, "clip.mp4", ["the dog"], output="out")  # SAM-2 backends: tracked masks
 """
 
 from evf.decode import Prediction
@@ -19,6 +20,7 @@ from evf.predictor import Predictor
 from evf.pretrained import load_pretrained
 from evf.prompts import Prompt
 from evf.sam_backends import create_backend, list_backends
+from evf.video import predict_video
 
 __all__ = [
     "EVFSAM",
@@ -34,5 +36,6 @@ __all__ = [
     "load_pretrained",
     "predict_images",
     "predict_prompts",
+    "predict_video",
 ]
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ evf <tool> --help          # extra tools, listed by `evf --help`
 from __future__ import annotations
 
 import sys
+import typing
 from collections.abc import Callable
 
 from jsonargparse.typing import ClosedUnitInterval, PositiveInt
@@ -23,6 +24,7 @@ from evf.datamodules.predict import MaskWriter, PredictDataModule
 from evf.inputs import collect_inputs
 from evf.lightning_compat import SubcommandArgumentsCLI
 from evf.module import EVFSAMModule
+from evf.video.errors import VideoError
 
 # Extra tools: name -> (module:function, one-line help). Each is a typed function run by jsonargparse,
 # or an `EVFCLI` subclass (a tool that reads training configs: `--config FILE` plus its own options).
@@ -39,6 +41,7 @@ TOOLS: dict[str, tuple[str, str]] = {
         "evf.tools.data_check:DataCheckCLI",
         "read every sample of a data config; report (--config)",
     ),
+    "predict-video": ("evf.tools.predict_video:predict_video", "text-prompted masks through a clip (SAM-2)"),
 }
 
 SUBCOMMAND_HELP = "subcommands: fit, validate, test, predict (LightningCLI; `evf SUBCOMMAND --help`)"
@@ -162,6 +165,28 @@ def uses_cache(embedding_cache: str | None) -> bool:
     return embedding_cache is not None
 
 
+def tool_arguments(tool: Callable, argv: list[str]) -> list[str]:
+    """A tool's command line as jsonargparse reads it: options may be spelt with hyphens
+    (``--redetect-every`` for ``--redetect_every``), and list-typed options repeat
+    (``--prompt a --prompt b``; jsonargparse appends with ``--prompt+ a`` and would read a repeated
+    plain option as a whole JSON list)."""
+    hints = typing.get_type_hints(tool)
+    lists = {
+        name
+        for name, hint in hints.items()
+        if list in (typing.get_origin(hint), *map(typing.get_origin, typing.get_args(hint)))
+    }
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        key = name[2:].replace("-", "_") if name.startswith("--") else None
+        if key in hints:
+            name = f"--{key}+" if key in lists else f"--{key}"
+            arg = f"{name}{sep}{value}"
+        out.append(arg)
+    return out
+
+
 def _load_tool(target: str) -> Callable:
     module, func = target.split(":")
     return getattr(__import__(module, fromlist=[func]), func)
@@ -169,7 +194,7 @@ def _load_tool(target: str) -> Callable:
 
 # Errors that describe the user's input (a file, a key, a store), each with a message naming it: the
 # command line prints that message and exits 2, without a traceback (kept for bugs).
-ANTICIPATED = (CacheError, CheckpointError, DataError)
+ANTICIPATED = (CacheError, CheckpointError, DataError, VideoError)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,7 +213,7 @@ def _run(argv: list[str]) -> None:
         if isinstance(tool, type) and issubclass(tool, LightningCLI):  # a tool that reads training configs
             tool(args=argv[1:])
         else:
-            auto_cli(tool, args=argv[1:])
+            auto_cli(tool, args=tool_arguments(tool, argv[1:]))
         return
     EVFCLI(args=argv)
 

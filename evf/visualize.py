@@ -12,6 +12,15 @@ from evf.batch import Batch
 PRED_COLOUR = np.array([230, 40, 230], dtype=np.float32)  # magenta: prediction, filled
 TRUE_COLOUR = np.array([0, 255, 255], dtype=np.uint8)  # cyan: ground truth, outlined
 TILE = 256  # px, longest side of one expression's tile
+# One colour per tracked object in video overlays (again none of the shapes colours), by name for captions.
+OBJECT_COLOURS = {
+    "magenta": (230, 40, 230),
+    "cyan": (0, 230, 230),
+    "orange": (255, 140, 0),
+    "white": (255, 255, 255),
+    "purple": (140, 60, 220),
+    "pink": (255, 130, 180),
+}
 
 
 def denormalise(
@@ -29,9 +38,9 @@ def overlay(
     pred: np.ndarray,
     target: np.ndarray | None = None,
     edge: int = 1,
-    colour: np.ndarray = PRED_COLOUR,
+    colour: tuple[int, int, int] | np.ndarray = PRED_COLOUR,
 ) -> np.ndarray:
-    """Fill the predicted mask into ``image`` (uint8 HxWx3, half ``colour``: magenta by default) and
+    """Fill the predicted mask into ``image`` (uint8 HxWx3, half ``colour``, magenta by default) and
     outline the true mask in cyan, ``edge`` pixels wide."""
     out = image.astype(np.float32)
     out[pred] = 0.5 * out[pred] + 0.5 * np.asarray(colour, dtype=np.float32)

@@ -5,7 +5,8 @@ and leave the video-memory modules out: EVF works on single images, where SAM 2 
 ``no_mem_embed`` to the lowest-resolution features instead of running memory attention
 (``SAM2ImagePredictor.set_image``). Official checkpoints still load strictly: `SAM2_CHECKPOINT` maps
 every image-path key and drops the memory keys by name, with a reason; `RELEASE_LAYOUT` is how
-EVF-SAM2's released checkpoints hold them.
+EVF-SAM2's released checkpoints hold them. Video builds sam2's full model, memory included, from the
+variant's own sam2 config (`video_config`; `evf.video.tracker`).
 
 Features (`Sam2Backend.encode_image`), for an S x S input: the three FPN levels after
 ``scalp=1`` (strides 4, 8, 16), ``no_mem_embed`` added to the stride-16 level. The mask decoder's
@@ -91,10 +92,11 @@ class Sam2Backend(SamBackend):
 
     core = "sam2"
 
-    def __init__(self, sam2: nn.ModuleDict, info: BackendInfo) -> None:
+    def __init__(self, sam2: nn.ModuleDict, info: BackendInfo, variant: str | None = None) -> None:
         super().__init__()
         self.sam2 = sam2
         self.info = info
+        self.variant = variant  # the registered name; `video_config` builds its video model
 
     def feature_shapes(self) -> dict[str, tuple[int, ...]]:
         h, w = self.sam2.prompt_encoder.image_embedding_size  # stride 16
@@ -327,6 +329,7 @@ VARIANTS: dict[str, dict] = {
     for version in ("sam2", "sam2.1")
     for size, hiera in _HIERA.items()
 }
+_HIERA_FILES = set(VARIANTS)  # the released sizes: each has its own sam2 config file
 # Tiny random-init SAM 2 for tests: 128 px input, Hiera of width 8, FPN width 32, 8x8 embedding grid.
 VARIANTS["sam2_tiny"] = dict(
     image_size=128, prompt_dim=32, embed_dim=8, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3,),
@@ -338,9 +341,53 @@ _NOT_OVERRIDABLE = {"image_size", "prompt_dim"}
 
 
 def _create(name: str, checkpoint: str | Path | None, overrides: dict) -> Sam2Backend:
-    return create_variant(
+    backend = create_variant(
         name, VARIANTS[name], _build, checkpoint, overrides, fixed=_NOT_OVERRIDABLE, extra={"drop_path_rate"}
     )
+    backend.variant = name
+    return backend
+
+
+def video_config(variant: str | None) -> tuple[str, list[str]]:
+    """sam2's config file and hydra overrides that build the full video model (``SAM2Base`` with its
+    memory modules) of a registered variant: its own config file; for ``sam2_tiny``, SAM 2 Hiera-T's
+    with every width shrunk to the tiny image path (one memory-attention layer, memory width 16).
+
+    Raises:
+        ValueError: an unknown variant (e.g. a backend built outside the registry).
+    """
+    if variant in _HIERA_FILES:
+        version, size = variant.split("_hiera_")
+        return f"configs/{version}/{version}_hiera_{size}.yaml", []
+    if variant != "sam2_tiny":
+        raise ValueError(f"no sam2 video config for SAM-2 backend {variant!r}; known: {sorted(VARIANTS)}")
+    tiny = VARIANTS["sam2_tiny"]
+    dim, width, grid = tiny["prompt_dim"], tiny["embed_dim"], tiny["image_size"] // 16
+    trunk, memory_dim = "++model.image_encoder.trunk", 16
+    attention = "++model.memory_attention.layer"
+    overrides = [
+        f"++model.image_size={tiny['image_size']}",
+        *(
+            f"{trunk}.{key}={list(tiny[key]) if isinstance(tiny[key], tuple) else tiny[key]}"
+            for key in _HIERA["t"]
+        ),
+        f"++model.image_encoder.neck.d_model={dim}",
+        f"++model.image_encoder.neck.backbone_channel_list={[width * 8, width * 4, width * 2, width]}",
+        f"++model.image_encoder.neck.position_encoding.num_pos_feats={dim}",
+        f"++model.memory_attention.d_model={dim}",
+        "++model.memory_attention.num_layers=1",
+        f"{attention}.d_model={dim}",
+        f"{attention}.dim_feedforward={2 * dim}",
+        *(f"{attention}.{a}.embedding_dim={dim}" for a in ("self_attention", "cross_attention")),
+        *(f"{attention}.{a}.feat_sizes={[grid, grid]}" for a in ("self_attention", "cross_attention")),
+        f"{attention}.cross_attention.kv_in_dim={memory_dim}",
+        f"++model.memory_encoder.in_dim={dim}",
+        f"++model.memory_encoder.out_dim={memory_dim}",
+        f"++model.memory_encoder.position_encoding.num_pos_feats={memory_dim}",
+        f"++model.memory_encoder.mask_downsampler.embed_dim={dim}",
+        f"++model.memory_encoder.fuser.layer.dim={dim}",
+    ]
+    return "configs/sam2/sam2_hiera_t.yaml", overrides
 
 
 _FULL = _info(1024, 256)

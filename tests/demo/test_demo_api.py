@@ -1,4 +1,3 @@
-
 """``evf demo`` through ``gradio_client`` against the app served on 127.0.0.1: the page's masks are
 `evf.Predictor`'s, the image is encoded once per upload, bad input gets a message and the server
 goes on; and the command line."""

@@ -8,12 +8,14 @@ Learnable by a tiny model on CPU in minutes, yet the expressions need real groun
 * ``expressions``: the templates and the unambiguity rules (``describe``, ``expression_corpus``).
 * ``dataset``: ``ShapesDataset``, returning ``Sample`` records.
 * ``refer_writer``: ``write_refer``, the dataset in RefCOCO's REFER layout.
+* ``clip``: a moving-shapes clip for video (``generate_clip``, ``write_clip``).
 * ``tokenizer``: ``train_shapes_tokenizer``, which builds ``evf/assets/shapes_tokenizer.model``.
 
 Command line: ``python -m evf.datamodules.shapes --write-refer DIR [--train N --val N --test N]``
 and ``python -m evf.datamodules.shapes --write-tokenizer PATH``.
 """
 
+from .clip import ShapesClip, generate_clip, write_clip
 from .dataset import ShapesDataset
 from .expressions import COLOURS, KINDS, SHAPES, Expression, describe, expression_corpus
 from .refer_writer import write_refer
@@ -28,11 +30,14 @@ __all__ = [
     "SPLITS",
     "Expression",
     "Scene",
+    "ShapesClip",
     "ShapeObject",
     "ShapesDataset",
     "describe",
     "expression_corpus",
+    "generate_clip",
     "generate_scene",
     "train_shapes_tokenizer",
+    "write_clip",
     "write_refer",
 ]
