@@ -1,8 +1,10 @@
 """Peak memory of one training step of a fine-tuning recipe, at full size, measured on the CPU.
 
-    python benchmarks/finetune_memory.py --config configs/recipes/finetune_custom.yaml \\
-        --out benchmarks/results/finetune_memory_cpu.json
-    python benchmarks/finetune_memory.py --config ... --images 1 --grad-checkpointing false   # variants
+    R=benchmarks/results/finetune_memory_cpu.json      # its rows came from these three commands
+    python benchmarks/finetune_memory.py --images 8 --grad-checkpointing true --precision bf16 fp32 --out $R
+    python benchmarks/finetune_memory.py --images 1 2 --grad-checkpointing false --precision bf16 fp32 \\
+        --out $R --append
+    python benchmarks/finetune_memory.py --out $R --append   # the recipe's own step (its batch, its flags)
 
 The recipe's model (encoder, backend, ``encoder_kwargs``, ``lora``, ``trainable``) is built with random
 weights as `EVFSAMModule` builds it in embedding-cache mode (no SAM image encoder), and one training
@@ -55,13 +57,17 @@ def _rounded(nbytes: int) -> int:
 
 
 class LiveTensorBytes(TorchDispatchMode):
-    """Bytes of the tensor storages alive now and at the peak: ``baseline`` (tensors made before) plus
-    every storage an op creates inside the mode, until Python frees it."""
+    """Bytes of the tensor storages alive now and at the peak: the storages of ``existing`` (the
+    weights and the batch) plus every new storage an op creates inside the mode, until Python frees
+    it. An op that returns a view of an existing storage (``weight.t()``, in-place updates) adds
+    nothing."""
 
-    def __init__(self, baseline: int) -> None:
+    def __init__(self, existing: list[torch.Tensor]) -> None:
         super().__init__()
-        self.current = self.peak = baseline
         self._seen = WeakIdKeyDictionary()
+        self.current = self.peak = 0
+        for t in existing:
+            self._track(t.untyped_storage())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -145,7 +151,7 @@ def measure(spec: dict, images: int, grad_checkpointing: bool, precision: str) -
     weights = tensor_bytes(*params, *model.buffers())
     inputs = [t for t in vars(batch).values() if isinstance(t, torch.Tensor)]
     inputs += list(batch.image_features.values()) + batch.masks
-    tracker = LiveTensorBytes(weights + tensor_bytes(*inputs))
+    tracker = LiveTensorBytes([*params, *model.buffers(), *inputs])
     start = time.perf_counter()
     with tracker:
         with autocast(cpu, precision):
@@ -172,6 +178,7 @@ def measure(spec: dict, images: int, grad_checkpointing: bool, precision: str) -
         "flops": flops,
         "params": sum(p.numel() for p in params),
         "trainable_params": sum(p.numel() for p in trainable),
+        "machine": machine(),
     }
 
 
@@ -189,6 +196,7 @@ def main() -> None:
                         help="default: the config's encoder_kwargs.grad_checkpointing")  # fmt: skip
     parser.add_argument("--precision", choices=["bf16", "fp32"], nargs="+", default=["bf16"])
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    parser.add_argument("--append", action="store_true", help="add the rows to those already in --out")
     parser.add_argument("--child", nargs=3, metavar=("IMAGES", "CHECKPOINTING", "PRECISION"),
                         help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
@@ -217,8 +225,9 @@ def main() -> None:
                 )
     out = args.out or RESULTS / "finetune_memory_cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"config": str(args.config), "recipe": spec, "machine": machine(), "rows": rows}
-    out.write_text(json.dumps(record, indent=1))
+    if args.append and out.exists():
+        rows = json.loads(out.read_text())["rows"] + rows
+    out.write_text(json.dumps({"config": str(args.config), "recipe": spec, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -220,3 +220,23 @@ def test_evf_export_of_a_lora_checkpoint_loads_back_with_equal_logits(lora_run, 
     torch.testing.assert_close(
         loaded.predict(IMAGE, PROMPTS).logits, unmerged.predict(IMAGE, PROMPTS).logits, atol=1e-5, rtol=0
     )
+
+
+@pytest.mark.slow
+def test_the_finetune_recipe_trains_adapters_and_projector_at_the_papers_batch():
+    from pathlib import Path
+
+    from evf.cli import EVFCLI
+
+    recipe = Path(__file__).resolve().parents[1] / "configs/recipes/finetune_custom.yaml"
+    on_cpu = ["--trainer.accelerator=cpu", "--trainer.devices=1"]
+    with torch.device("meta"):  # full size, no weights allocated
+        cli = EVFCLI(args=["--config", str(recipe), *on_cpu], run=False)
+    model = cli.model.model
+    assert (cli.model.hparams.encoder, cli.model.hparams.backend) == ("beit3_large", "sam_vit_h")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n or n.startswith("projector.") for n in trainable)
+    assert any(n.startswith("encoder.blocks.23.attn.v.vision.lora_") for n in trainable)
+    assert cli.trainer.precision == "bf16-mixed"
+    assert cli.datamodule.batch_size * cli.trainer.accumulate_grad_batches == 128
+    assert [s.rate for s in cli.datamodule.specs["train"]] == [0.8, 0.2]
