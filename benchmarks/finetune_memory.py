@@ -8,7 +8,7 @@
 
 The recipe's model (encoder, backend, ``encoder_kwargs``, ``lora``, ``trainable``) is built with random
 weights as `EVFSAMModule` builds it in embedding-cache mode (no SAM image encoder), and one training
-step runs: ``data.batch_size`` images with ``data.max_expressions`` expressions of ``--tokens``
+step runs: ``data.batch_size`` images with ``data.max_expressions`` expressions of 20
 tokens each, SAM's image features as a bf16 store row of random values, BCE + Dice at 480 x 640,
 backward, and an AdamW step over `EVFSAMModule._param_groups` (its first step: the moments are
 allocated). The forward runs under bf16 autocast on the CPU, as ``bf16-mixed`` does on a GPU
