@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from evf.encoders import MultimodalEncoder, create_encoder
+from evf.lora import LoraConfig, adapter_parameters, add_adapters, matching_linears, merge_adapters
 from evf.prompts import Prompt
 from evf.sam_backends import DecoderOutput, ImageFeatures, PointPrompts, SamBackend, create_backend
 
@@ -31,6 +32,18 @@ class TrainableParts:
     mask_decoder: bool = True
     image_encoder: bool = False
     presence_head: bool = True  # only where the model has one (``presence=True``)
+
+    @classmethod
+    def for_lora(cls, lora: LoraConfig) -> TrainableParts:
+        """LoRA's default: the adapters (a part with adapters trains them only), the projector and
+        the presence head train; SAM stays frozen."""
+        return cls(
+            encoder=bool(lora.encoder_targets),
+            projector=True,
+            prompt_encoder=False,
+            mask_decoder=bool(lora.decoder_targets),
+            image_encoder=False,
+        )
 
 
 @dataclass
@@ -53,7 +66,8 @@ class EVFSAM(nn.Module):
     whether the expression's target is in the image at all (generalized referring segmentation).
 
     Frozen parts have ``requires_grad=False`` and stay in eval mode even under ``.train()``, so their
-    normalisation statistics and dropout never change.
+    normalisation statistics and dropout never change. A part with LoRA adapters (`add_lora`) trains
+    its adapters only: its own weights stay frozen, and it is in train mode with the model.
     """
 
     def __init__(
@@ -71,11 +85,48 @@ class EVFSAM(nn.Module):
         self.presence_head = (
             nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1)) if presence else None
         )
+        self.lora: LoraConfig | None = None
         self.set_trainable(trainable or TrainableParts())
 
     @property
     def has_presence(self) -> bool:
         return self.presence_head is not None
+
+    def add_lora(self, config: LoraConfig) -> None:
+        """Add LoRA adapters (`evf.lora`) to the encoder's and the mask decoder's target layers.
+
+        Load the base weights first: the adapted layers' weights move to ``*.base_layer.*``.
+
+        Raises:
+            ValueError: the model has adapters already, a target matches no layer, or a part with
+                targets is frozen (``trainable``).
+        """
+        if self.lora is not None:
+            raise ValueError("the model has LoRA adapters already")
+        targeted = [
+            (part, module, targets)
+            for part, module, targets in (
+                ("encoder", self.encoder, config.encoder_targets),
+                ("mask_decoder", self.backend.mask_decoder, config.decoder_targets),
+            )
+            if targets
+        ]
+        for part, module, targets in targeted:  # every check before the first adapter goes in
+            if not getattr(self.trainable, part):
+                raise ValueError(f"LoRA targets in the {part}, but trainable.{part} is false")
+            matching_linears(module, targets, part)
+        for part, module, targets in targeted:
+            add_adapters(module, config, targets, part)
+        self.lora = config
+        self.set_trainable(self.trainable)
+
+    def merge_lora(self) -> None:
+        """Fold the adapters into the base weights and unwrap the layers: afterwards the model is a
+        plain one (its state dict has no adapter keys; the trainable flags mean whole parts again)."""
+        for module in self.parts().values():
+            merge_adapters(module)
+        self.lora = None
+        self.set_trainable(self.trainable)
 
     def parts(self) -> dict[str, nn.Module]:
         """The parts that the trainable flags refer to (``presence_head`` only where there is one)."""
@@ -91,9 +142,19 @@ class EVFSAM(nn.Module):
         return parts
 
     def set_trainable(self, trainable: TrainableParts) -> None:
-        self.trainable = trainable
+        """Set ``requires_grad`` per part; a part with adapters trains its adapters only.
+
+        Raises:
+            ValueError: a part with adapters is set frozen.
+        """
         for name, module in self.parts().items():
-            module.requires_grad_(getattr(trainable, name))
+            train, adapters = getattr(trainable, name), adapter_parameters(module)
+            if adapters and not train:
+                raise ValueError(f"the {name} has LoRA adapters, so trainable.{name} must be true")
+            module.requires_grad_(train and not adapters)
+            for p in adapters:
+                p.requires_grad_(True)
+        self.trainable = trainable
         self.train(self.training)
 
     def train(self, mode: bool = True) -> EVFSAM:
@@ -244,9 +305,11 @@ def create_model(
     encoder_kwargs: dict[str, Any] | None = None,
     backend_kwargs: dict[str, Any] | None = None,
     presence: bool = False,
+    lora: LoraConfig | dict[str, Any] | None = None,
 ) -> EVFSAM:
     """Compose an `EVFSAM` from registry names or ready-built parts (``presence`` adds the presence
-    head).
+    head; ``lora`` adds adapters after the parts' checkpoints are loaded, and without ``trainable``
+    trains what `TrainableParts.for_lora` says).
 
     Example:
         >>> model = create_model("beit3_tiny", "sam_tiny")
@@ -263,7 +326,14 @@ def create_model(
         raise ValueError("backend_kwargs only apply when the backend is given by name")
     if isinstance(trainable, dict):
         trainable = TrainableParts(**trainable)
-    return EVFSAM(encoder, backend, trainable, presence=presence)
+    if isinstance(lora, dict):
+        lora = LoraConfig(**lora)
+    if trainable is None and lora is not None:
+        trainable = TrainableParts.for_lora(lora)
+    model = EVFSAM(encoder, backend, trainable, presence=presence)
+    if lora is not None:
+        model.add_lora(lora)
+    return model
 
 
 def trainable_summary(model: EVFSAM) -> dict[str, dict[str, int]]:

@@ -20,6 +20,7 @@ from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder
 from evf.checkpoint import CheckpointError
 from evf.decode import Prediction, check_presence_threshold, decode
 from evf.lightning_compat import attached_trainer
+from evf.lora import ADAPTER_MARK, LoraConfig
 from evf.losses import mask_losses, presence_loss
 from evf.metrics import ReferringIoU, pooled
 from evf.model import EVFSAM, TrainableParts, create_model
@@ -78,6 +79,22 @@ def _as(cls: type, value: Any) -> Any:
     return value
 
 
+def check_adapters(model: EVFSAM, state_dict: dict[str, Any]) -> None:
+    """CheckpointError unless a Lightning checkpoint's weights have LoRA adapters exactly when
+    ``model`` has them."""
+    has_adapters = any(ADAPTER_MARK in key for key in state_dict)
+    if has_adapters and model.lora is None:
+        raise CheckpointError(
+            f"the checkpoint has LoRA adapters (*.{ADAPTER_MARK}*) but the model is built with "
+            "model.lora: null; set model.lora as in the run that wrote it"
+        )
+    if not has_adapters and model.lora is not None:
+        raise CheckpointError(
+            "the checkpoint has no LoRA adapters but the model is built with model.lora; drop model.lora, "
+            "or `evf export` the checkpoint and start the LoRA run from it with model.init_from"
+        )
+
+
 PRESENCE_KEYS = "model.presence_head."
 
 
@@ -127,6 +144,12 @@ class EVFSAMModule(L.LightningModule):
             (empty ground truth): ``skip`` them (the presence head answers "absent") or train their
             masks toward ``empty`` too. Without a presence head they always train toward empty
             (the only way such a model can answer "nothing").
+        lora: LoRA adapters (`evf.lora`, needs ``evf[lora]``) on the encoder's (and optionally the
+            mask decoder's) linear layers, added after ``init_from`` and the part checkpoints are
+            loaded. Without ``trainable`` only the adapters, the projector and the presence head
+            train (`TrainableParts.for_lora`); a part with adapters always trains its adapters
+            only. ``evf export`` merges them into the base weights. None = no adapters (full
+            fine-tuning of the ``trainable`` parts).
 
     TensorBoard gets the hyperparameters with ``hp/<stage>/<split>/<metric>`` metrics (HParams
     view), loss terms, cIoU/gIoU per split, mask overlays and, for encoders with a
@@ -155,12 +178,16 @@ class EVFSAMModule(L.LightningModule):
         presence: bool = False,
         presence_threshold: ClosedUnitInterval = 0.5,
         no_target_masks: Literal["skip", "empty"] = "skip",
+        lora: LoraConfig | None = None,
     ) -> None:
         super().__init__()
         self.presence_threshold = check_presence_threshold(float(presence_threshold))
         if no_target_masks not in ("skip", "empty"):
             raise ValueError(f"no_target_masks must be 'skip' or 'empty', got {no_target_masks!r}")
         self.skip_no_target_masks = presence and no_target_masks == "skip"
+        self.lora = None if lora is None else _as(LoraConfig, lora)
+        if trainable is None and self.lora is not None:
+            trainable = TrainableParts.for_lora(self.lora)
         self.trainable = _as(TrainableParts, trainable)
         self.optim = _as(OptimConfig, optim)
         self.loss_weights = _as(LossWeights, loss)
@@ -172,6 +199,7 @@ class EVFSAMModule(L.LightningModule):
             optim=asdict(self.optim),
             loss=asdict(self.loss_weights),
             presence_threshold=float(presence_threshold),
+            lora=None if self.lora is None else asdict(self.lora),
         )
         self.log_images_every_n_steps = log_images_every_n_steps
         self.num_logged_images = num_logged_images
@@ -197,6 +225,8 @@ class EVFSAMModule(L.LightningModule):
             release = ReleaseConfig.read(init_from)
             release.check_names(encoder, backend, init_from)
             load_release_weights(self.model, init_from, release)
+        if self.lora is not None:  # after every base weight is in (adapted layers move to *.base_layer.*)
+            self.model.add_lora(self.lora)
         if compile_encoder:
             self.model.encoder.compile()
         self.val_metrics = nn.ModuleList()
@@ -219,6 +249,7 @@ class EVFSAMModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_presence_head(self.model, checkpoint.get("state_dict", {}))
+        check_adapters(self.model, checkpoint.get("state_dict", {}))
         restore_image_encoder(self, checkpoint)
 
     @classmethod
@@ -450,9 +481,10 @@ class EVFSAMModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _param_groups(self) -> list[dict]:
-        """Only trainable parts; weight decay on matrices only; SAM's parts at their own lr scales.
-        Each group names its part kind (``image_encoder``, ``decoder``: SAM's prompt encoder and mask
-        decoder, ``text``: the multimodal encoder and the projector) for the schedule."""
+        """Only trainable tensors (LoRA adapters included: they lie inside their parts); weight decay on
+        matrices only; SAM's parts at their own lr scales. Each group names its part kind
+        (``image_encoder``, ``decoder``: SAM's prompt encoder and mask decoder, ``text``: the
+        multimodal encoder and the projector) for the schedule."""
         kinds = {"image_encoder": "image_encoder", "prompt_encoder": "decoder", "mask_decoder": "decoder"}
         scales = {"image_encoder": self.optim.image_encoder_lr_scale, "decoder": self.optim.decoder_lr_scale}
         groups: dict[tuple[bool, str], list[nn.Parameter]] = {}

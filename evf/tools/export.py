@@ -11,6 +11,9 @@ of the official shape for the released tensors it does not build, and its tokeni
 `evf.encoders.beit3.release`); the backend family the inverse of its official format
 (`ReleaseLayout.export_rules`). SAM-2's video-memory modules are not written: our SAM-2 backend has
 none, image inference never runs them, and ``from_pretrained`` initialises them with a warning.
+
+A run with LoRA adapters (``model.lora``) is exported merged: each adapter is folded into its base
+weight (`EVFSAM.merge_lora`), so the release is a plain EVF-SAM with the same masks.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def export(
     from evf.module import EVFSAMModule  # deferred: Lightning is only needed here
 
     module = EVFSAMModule.load_for_inference(ckpt_path, backend_checkpoint, tokenizer)
+    module.model.merge_lora()  # the released layout has no adapters: fold them in (no-op without)
     hp = module.hparams
     return export_release(
         module.model,
@@ -90,8 +94,14 @@ def export_release(
     Raises:
         CheckpointError: the model is not what the released layout describes (a BEIT-3 encoder with
             early fusion in every layer and the image [CLS] feature; a SAM, SAM-2 or EfficientSAM
-            backend), or ``output`` already holds an export and ``overwrite`` is False.
+            backend; no unmerged LoRA adapters), or ``output`` already holds an export and
+            ``overwrite`` is False.
     """
+    if model.lora is not None:
+        raise CheckpointError(
+            "the model has LoRA adapters, which the released layout cannot hold: merge them into the "
+            "base weights first (model.merge_lora())"
+        )
     output = Path(output)
     if (output / CONFIG_NAME).exists() and not overwrite:
         raise CheckpointError(f"{output} already holds an export; pass overwrite=True (--overwrite true)")
