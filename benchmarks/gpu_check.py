@@ -98,6 +98,7 @@ class Profile:
     predict_models: tuple[str, ...]
     workers: int  # data-loading processes
     limits: dict[str, float]  # part -> seconds
+    env: dict[str, str]  # set in the parts' processes
 
 
 GPU = Profile(
@@ -107,17 +108,21 @@ GPU = Profile(
     predict_models=("large", "large_sam2"), workers=8,
     # 555 s in all: with the installation, inside one 600 s device command even if every part times out
     limits={"environment": 45, "train": 120, "compile": 120, "fit": 120, "cache": 75, "predict": 75},
+    env={},
 )  # fmt: skip
 # The fits use BEIT-3-B + SAM-B: what a strategy does is the same for every size, and checkpoints
 # of the paper's model (10 GB with AdamW) would take the run's time; part train measures that model.
 DRY_RUN = Profile(
-    # fp32: CPUs without bf16 matrix units run bf16 autocast slower than fp32
+    # fp32: bf16 autocast is the same code, and slow on CPUs without bf16 matrix units
     device="cpu", accelerator="cpu", precision="fp32", train_model="tiny", images=2, warmup=0, iterations=1,
     # Inductor takes minutes to compile even the tiny BEIT-3 on 2 cores; "eager" still traces it
     compile_backend="eager", fit_model="tiny", fit_batch_size=2,
     strategies=("ddp", "deepspeed_stage_2"),  # Lightning runs FSDP on GPUs only
     cache_models=("tiny", "tiny_sam2"), cache_images=4, predict_models=("tiny", "tiny_sam2"), workers=0,
     limits={"environment": 120, "train": 120, "compile": 120, "fit": 240, "cache": 120, "predict": 120},
+    # One thread: on a shared 2-core machine, two OpenMP threads spin-wait for each other (up to 5x
+    # slower here); the tiny models have nothing to split.
+    env={"OMP_NUM_THREADS": "1"},
 )  # fmt: skip
 
 
@@ -132,14 +137,15 @@ def part_command(name: str, result: Path, args: argparse.Namespace) -> list[str]
 
 
 def run_streamed(
-    command: list[str], prefix: str, timeout: float | None, own_group: bool
+    command: list[str], prefix: str, timeout: float | None, own_group: bool, env: dict[str, str] | None = None
 ) -> tuple[int | None, str]:
-    """Run ``command``, echoing its output lines behind ``prefix``; return its exit code (None when
-    it ran past ``timeout`` and was killed, with all its children) and its last 40 lines.
-    ``own_group``: a new process group, so that a kill reaches the processes it started too."""
+    """Run ``command`` (``env`` added to `child_env`), echoing its output lines behind ``prefix``;
+    return its exit code (None when it ran past ``timeout`` and was killed, with all its children)
+    and its last 40 lines. ``own_group``: a new process group, so that a kill reaches the processes
+    it started too."""
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=ROOT,
-        start_new_session=own_group,
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env() | (env or {}),
+        cwd=ROOT, start_new_session=own_group,
     )  # fmt: skip
     tail: deque[str] = deque(maxlen=40)
 
@@ -160,13 +166,13 @@ def run_streamed(
     return code, "\n".join(tail)
 
 
-def run_part(name: str, args: argparse.Namespace, limit: float) -> dict:
+def run_part(name: str, args: argparse.Namespace, limit: float, env: dict[str, str]) -> dict:
     """One part in its own process: status (ok / failed / timeout), seconds, what it recorded."""
     result = args.workdir / f"{name}.json"
     result.unlink(missing_ok=True)
     print(f"== {name} (limit {limit:g} s)", flush=True)
     start, cpu = time.perf_counter(), _children_cpu_seconds()
-    code, tail = run_streamed(part_command(name, result, args), f"[{name}] ", limit, own_group=True)
+    code, tail = run_streamed(part_command(name, result, args), f"[{name}] ", limit, True, env)
     record = {"status": "ok" if code == 0 else "timeout" if code is None else "failed"}
     record |= {"seconds": round(time.perf_counter() - start, 1), "limit_s": limit}
     record["cpu_seconds"] = round(_children_cpu_seconds() - cpu, 1)  # its processes' (a killed one's: 0)
@@ -267,8 +273,8 @@ def sdpa_dispatch(profile: Profile) -> dict:
     of the training model's encoder over 2 images and 4 texts of different lengths (padded: the
     attention mask is not all-true, as in training)."""
     import torch
+    from torch import profiler
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.profiler import ProfilerActivity, profile
 
     import evf
     from evf.assets import SHAPES_TOKENIZER
@@ -310,8 +316,9 @@ def sdpa_dispatch(profile: Profile) -> dict:
                 reasons = "; ".join(str(w.message).splitlines()[0] for w in caught)
                 alone[name.lower()] = f"refused: {str(err).splitlines()[0]} ({reasons})"[:600]
     step()  # warm-up outside the profiler
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    activities = [profiler.ProfilerActivity.CPU]
+    activities += [profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
+    with profiler.profile(activities=activities) as prof:
         step()
     keys = [e.key for e in prof.key_averages()]
     ops = sorted(k for k in keys if k.startswith("aten::") and "attention" in k)
@@ -504,8 +511,8 @@ def part_cache(profile: Profile, record: Record, args: argparse.Namespace) -> No
             ]  # fmt: skip
             printed = io.StringIO()
             start = time.perf_counter()
-            with contextlib.redirect_stdout(printed), _command_line(["evf", *command]):
-                evf_main()  # as the console script `evf` runs it
+            with contextlib.redirect_stdout(printed):
+                evf_main(command)  # what the console script `evf` runs
             seconds = time.perf_counter() - start
             print(printed.getvalue(), end="")
             found = re.search(r"(\d+) images encoded in ([\d.]+) s \(([\d.]+) images/s\)", printed.getvalue())
@@ -517,16 +524,6 @@ def part_cache(profile: Profile, record: Record, args: argparse.Namespace) -> No
                 "command_seconds": seconds, "checkpoint_seconds": saved,
             }  # fmt: skip
         free_memory(device)
-
-
-@contextlib.contextmanager
-def _command_line(argv: list[str]) -> Iterator[None]:
-    """``sys.argv`` as a shell would set it for ``argv`` (LightningCLI reads it)."""
-    saved, sys.argv = sys.argv, argv
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 def part_predict(profile: Profile, record: Record, args: argparse.Namespace) -> None:
@@ -587,23 +584,36 @@ def render(report: dict) -> str:
     parts = report["parts"]
     lines = ["| part | status | seconds (limit) | summary |", "|---|---|---:|---|"]
     for name, part in parts.items():
-        summary = SUMMARIES[name](part["results"]) if part["results"] else ""
+        summary = _guarded(lambda n=name, r=part["results"]: SUMMARIES[n](r)) if part["results"] else ""
         if part["status"] != "ok":
             summary += f" ERROR: {part.get('error', '')[-300:]}".replace("\n", " ").replace("|", "/")
         lines.append(f"| {name} | {part['status']} | {part['seconds']} ({part['limit_s']:g}) | {summary} |")
     for name in ("train", "compile"):
         results = parts.get(name, {}).get("results", {})
         if results.get("rows"):
-            lines += ["", f"{name}:", "", train_throughput.table(results["rows"], results.get("peak_tflops"))]
-    if report.get("targets"):
+            table = _guarded(lambda r=results: train_throughput.table(r["rows"], r.get("peak_tflops")))
+            lines += ["", f"{name}:", "", table]
+    found = report.get("targets")
+    if isinstance(found, str):  # not made from what part train recorded
+        lines += ["", f"targets: {found}"]
+    elif found:
         lines += ["", "| target | measured | pass |", "|---|---:|---|"]
-        for t in report["targets"]:
+        for t in found:
             value = "-" if t["value"] is None else f"{t['value']:.2f}"
             lines.append(f"| {t['target']} | {value} | {'-' if t['pass'] is None else t['pass']} |")
     rows = parts.get("predict", {}).get("results", {}).get("rows")
     if rows:
-        lines += ["", "predict:", "", predict_latency.table(rows)]
+        lines += ["", "predict:", "", _guarded(lambda: predict_latency.table(rows))]
     return "\n".join(lines)
+
+
+def _guarded(make: Callable[[], object]) -> object:
+    """A piece of the report made from what a part recorded; what a failed part left may not make
+    one, and that must not lose the rest of the report."""
+    try:
+        return make()
+    except Exception as err:
+        return f"(not made: {type(err).__name__}: {err})"
 
 
 def _summary_environment(results: dict) -> str:
@@ -717,10 +727,10 @@ def main(argv: list[str] | None = None) -> int:
             args.workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evf_gpu_check_")))
         args.workdir.mkdir(parents=True, exist_ok=True)
         for name in args.parts:
-            report["parts"][name] = run_part(name, args, limits[name])
+            report["parts"][name] = run_part(name, args, limits[name], profile.env)
             train = report["parts"].get("train", {}).get("results", {})
             if train.get("rows"):
-                report["targets"] = targets(train["rows"], train.get("peak_tflops"))
+                report["targets"] = _guarded(lambda t=train: targets(t["rows"], t.get("peak_tflops")))
             out.write_text(json.dumps(report, indent=1))
     print(render(report))
     print(f"\nwrote {out}")
