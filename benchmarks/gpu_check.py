@@ -16,7 +16,8 @@ Parts, in this order (``--parts`` picks some):
    multimodal encoder compiled (``torch.compile``) and not; the first step's time includes compiling.
 4. ``fit``: a real ``evf fit`` of 3 optimizer steps with the paper config and each strategy file of
    ``configs/strategies/`` (one process), then a second ``evf fit --ckpt_path`` from the checkpoint it
-   wrote, which must continue at step 4 (`FIT_STEPS`). DeepSpeed is skipped when it is not installed.
+   wrote, which must continue at step 4 (`FIT_STEPS`). DeepSpeed is skipped when it is not installed
+   (and in the CPU rehearsal).
 5. ``cache``: ``evf cache-embeddings`` with random weights saved in the backend's official layout;
    images/s as the tool reports it (image loading, encoding, writing).
 6. ``predict``: `predict_latency.measure`, 1 / 8 / 32 prompts on one image.
@@ -407,9 +408,14 @@ def part_compile(profile: Profile, record: Record, args: argparse.Namespace) -> 
 def part_fit(profile: Profile, record: Record, args: argparse.Namespace) -> None:
     for strategy in profile.strategies:
         with record.item(strategy):
-            if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
-                record[strategy] = {"status": "skipped", "reason": "deepspeed is not installed"}
-                continue
+            if strategy.startswith("deepspeed"):
+                reason = (
+                    "deepspeed is not installed" if importlib.util.find_spec("deepspeed") is None
+                    else "DeepSpeed trains on GPUs only" if profile.device == "cpu" else None
+                )  # fmt: skip
+                if reason:
+                    record[strategy] = {"status": "skipped", "reason": reason}
+                    continue
             record[strategy] = fit_and_resume(profile, strategy, args.workdir / f"fit_{strategy}")
 
 

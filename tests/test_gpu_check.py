@@ -101,11 +101,8 @@ def test_dry_run_rehearses_every_part(tmp_path):
 
     fit = results["fit"]
     assert fit["ddp"]["status"] == "ok" and fit["ddp"]["resumed_run_wrote"] == ["step=4.ckpt"]
-    deepspeed = fit["deepspeed_stage_2"]
-    assert deepspeed["status"] == "ok" or deepspeed == {
-        "status": "skipped",
-        "reason": "deepspeed is not installed",
-    }
+    reasons = ("deepspeed is not installed", "DeepSpeed trains on GPUs only")  # without, with deepspeed here
+    assert fit["deepspeed_stage_2"]["status"] == "skipped" and fit["deepspeed_stage_2"]["reason"] in reasons
 
     from evf.cache import EmbeddingStore
 
