@@ -313,7 +313,7 @@ def sdpa_dispatch(profile: Profile) -> dict:
                 with sdpa_kernel([backend]):
                     step()
                 alone[name.lower()] = "ok"
-            except RuntimeError as err:  # SDPA explains why a kernel refused in warnings
+            except Exception as err:  # a refusal is a finding; SDPA gives its reasons as warnings
                 reasons = "; ".join(str(w.message).splitlines()[0] for w in caught)
                 alone[name.lower()] = f"refused: {str(err).splitlines()[0]} ({reasons})"[:600]
     step()  # warm-up outside the profiler
