@@ -22,10 +22,30 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MODELS = {"small": ("beit3_base", "sam_vit_b"), "large": ("beit3_large", "sam_vit_h")}
-"""Benchmark model -> (encoder, backend). ``large`` is the paper's EVF-SAM (BEIT-3-L + SAM-H)."""
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
-"""Dense bf16 tensor-core peak per GPU (vendor datasheets, SXM parts, no sparsity)."""
+MODELS = {
+    "small": ("beit3_base", "sam_vit_b"),
+    "large": ("beit3_large", "sam_vit_h"),
+    "large_sam2": ("beit3_large", "sam2_hiera_l"),
+    "tiny": ("beit3_tiny", "sam_tiny"),
+    "tiny_sam2": ("beit3_tiny", "sam2_tiny"),
+}
+"""Benchmark model -> (encoder, backend). ``large`` is the paper's EVF-SAM (BEIT-3-L + SAM-H),
+``large_sam2`` EVF-SAM2 (BEIT-3-L + SAM-2-L); the ``tiny`` ones rehearse scripts on a CPU."""
+PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),  # SXM: torch names it "NVIDIA H100 80GB HBM3"
+    ("H200 NVL", 835.0),
+    ("H200", 989.0),  # SXM, and GH200
+    ("B200", 2250.0),
+    ("A100", 312.0),  # SXM and PCIe
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+)
+"""Dense bf16 tensor-core peak TFLOP/s per GPU name (vendor datasheets, no sparsity), the most
+specific name first: a device name takes the first entry it contains."""
 
 
 def autocast(device: torch.device, precision: str):
@@ -89,19 +109,45 @@ def machine() -> dict:
     return info
 
 
+def peak_for_name(gpu_name: str) -> float | None:
+    """Dense bf16 peak TFLOP/s of a GPU named like ``torch.cuda.get_device_name`` (None: unknown)."""
+    return next((tflops for part, tflops in PEAK_TFLOPS if part in gpu_name), None)
+
+
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
     """The bf16 peak to compute MFU against: ``given``, else looked up from the GPU name."""
     if given is not None or device.type != "cuda":
         return given
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return peak_for_name(torch.cuda.get_device_name(device))
+
+
+def save_backend_checkpoint(backend: str, path: Path, device: torch.device) -> Path:
+    """Random weights of ``backend`` in its family's official checkpoint layout (what
+    ``--model.backend_checkpoint`` and `evf cache-embeddings` read), built on ``device`` (a GPU
+    initialises a SAM-H in a second) and saved from the CPU."""
+    from evf.checkpoint import CheckpointFormat
+    from evf.sam_backends import create_backend
+
+    with device:
+        built = create_backend(backend)
+    official = CheckpointFormat(f"{backend}_official", built.info.release.export_rules)
+    state = official.remap(built.core_module.state_dict(), source=backend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.cpu() for k, v in state.items()}, path)
+    return path
+
+
+def child_env() -> dict[str, str]:
+    """Environment of a benchmark's child process: this checkout's ``evf`` first, whatever else
+    ``PYTHONPATH`` held after it (the GPU machine's carried wheels), no hub downloads."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
 
 
 def run_child(script: Path, args: list[str]) -> str:
     """Run ``script --child ...`` in a fresh interpreter (its own peak memory), return its last line."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, str(script), "--child", *args], capture_output=True, text=True, env=env
+        [sys.executable, str(script), "--child", *args], capture_output=True, text=True, env=child_env()
     )
     if out.returncode != 0:
         raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{out.stderr[-3000:]}")

@@ -46,9 +46,9 @@ def build(name: str, device: torch.device):
     from evf.assets import SHAPES_TOKENIZER
 
     encoder, backend = MODELS[name]
-    return (
-        evf.create_model(encoder, backend, encoder_kwargs={"tokenizer": SHAPES_TOKENIZER}).to(device).eval()
-    )
+    with device:  # created where it runs: a GPU initialises BEIT-3-L + SAM-H in a second
+        model = evf.create_model(encoder, backend, encoder_kwargs={"tokenizer": SHAPES_TOKENIZER})
+    return model.to(device).eval()
 
 
 def forward_flops(meta, image: np.ndarray, prompts: list[str]) -> int:

@@ -19,6 +19,9 @@ each), three ways, each in a fresh process (so peak memory is its own):
   (``read ms/img``: page-cache-hot memory-map reads; in training, DataLoader workers do this).
 
 Weights are random (timing does not depend on them); data loading and preprocessing are excluded.
+The first step is timed apart (``first_step_seconds``: with ``--compile``, which compiles the
+multimodal encoder as ``--model.compile_encoder true`` does, it includes the compilation); then
+``--warmup`` untimed steps, then ``--iterations`` timed ones.
 Model FLOPs per step are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta
 device (matmuls, convolutions, attention; forward + backward; the optimizer is not counted).
 Prints a Markdown table and writes ``benchmarks/results/train_throughput_<device>.json``.
@@ -123,11 +126,15 @@ def loss_of(model, batch, variant: str) -> torch.Tensor:
 
 
 def build(name: str, variant: str, device: torch.device):
+    """The model, created on ``device`` (a GPU initialises BEIT-3-L + SAM-H in a second, a CPU in
+    many), in training mode (frozen parts stay in eval mode)."""
     import evf
 
     encoder, backend = MODELS[name]
     kwargs = {"image_encoder": variant != "evf_cache"}
-    return evf.create_model(encoder, backend, backend_kwargs=kwargs).to(device).train()
+    with device:
+        model = evf.create_model(encoder, backend, backend_kwargs=kwargs)
+    return model.to(device).train()
 
 
 def store_read_ms(model, images: int) -> float:
@@ -162,6 +169,8 @@ def measure(args: argparse.Namespace, name: str, variant: str, expressions: int)
     flops = count_flops(lambda: forward(meta_model, meta_batch, image_of).float().sum().backward())
     torch.manual_seed(0)
     model = build(name, variant, device)
+    if args.compile:  # as `EVFSAMModule(compile_encoder=True)`: the multimodal encoder, in place
+        model.encoder.compile(backend=args.compile_backend)
     batch = synthetic_batch(model, args.images, expressions, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = (
@@ -176,9 +185,11 @@ def measure(args: argparse.Namespace, name: str, variant: str, expressions: int)
         loss.backward()
         optimizer.step()
 
+    first = timed(step, device, 0, 1)[0]  # compilation included, with --compile
     times = timed(step, device, args.warmup, args.iterations)
     result = {
         "model": name, "variant": variant, "images": args.images, "expressions_per_image": expressions,
+        "compiled": args.compile, "first_step_seconds": first,
         "seconds": times, "step_seconds": statistics.median(times), "flops": flops,
         "peak_bytes": peak_bytes(device), "trainable_params": sum(p.numel() for p in params),
         "params": sum(p.numel() for p in model.parameters()),
@@ -202,6 +213,7 @@ def table(rows: list[dict], peak: float | None) -> str:
         rate = r["flops"] / s
         last = f"{100 * rate / (peak * 1e12):.0f}%" if peak else f"{rate / 1e9:.0f}"
         read = f" (+{r['read_ms_per_image']:.1f} ms/img read)" if "read_ms_per_image" in r else ""
+        read += ", compiled" if r.get("compiled") else ""
         lines.append(
             f"| {r['model']} | {e} | {r['variant']}{read} | {s:.2f} | {r['images'] / s:.3f} | "
             f"{r['images'] * e / s:.3f} | {ratio} | {r['peak_bytes'] / 2**30:.2f} GiB | "
@@ -222,8 +234,10 @@ def main() -> None:
     )
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
                         help="sgd keeps no state (less memory on a small CPU machine)")  # fmt: skip
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first step")
     parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the multimodal encoder")
+    parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend")
     parser.add_argument(
         "--peak_tflops", type=float, default=None, help="bf16 peak for MFU (default: by GPU name)"
     )
@@ -238,8 +252,8 @@ def main() -> None:
         return
     shared = [
         f"--{k}={getattr(args, k)}"
-        for k in ("images", "device", "precision", "optimizer", "warmup", "iterations")
-    ]
+        for k in ("images", "device", "precision", "optimizer", "warmup", "iterations", "compile_backend")
+    ] + (["--compile"] if args.compile else [])
     rows = []
     for name in args.models:
         for expressions in args.expressions:

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from jsonargparse.typing import ClosedUnitInterval
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 from torchmetrics.aggregation import SumMetric
 
@@ -479,6 +480,22 @@ class EVFSAMModule(L.LightningModule):
         factors = [decoder_factor if g["part"] == "decoder" else factor for g in groups]
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factors)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def clip_gradients(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by norm under FSDP too (the paper configs clip at 1.0). Lightning's FSDP precision
+        plugin refuses (Lightning issue #19235): the norm spans every rank's shards, and only FSDP's
+        own ``clip_grad_norm_`` on the wrapped root module computes it. Overridden here rather than
+        the ``configure_gradient_clipping`` hook, which DeepSpeed's strategy warns about."""
+        strategy, by_norm = self.trainer.strategy, gradient_clip_algorithm in (None, "norm")
+        if isinstance(strategy, FSDPStrategy) and gradient_clip_val and by_norm:
+            strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _param_groups(self) -> list[dict]:
         """Only trainable tensors (LoRA adapters included: they lie inside their parts); weight decay on

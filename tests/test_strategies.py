@@ -6,14 +6,18 @@ and their settings are checked against our model's block classes.
 """
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
+from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 import evf
 from evf.cli import EVFCLI
+from evf.module import EVFSAMModule
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ROOT / "configs" / "strategies"
@@ -65,6 +69,39 @@ def test_fsdp_config_wraps_every_block_and_keeps_frozen_parameters():
         image_encoder = evf.create_backend(name).image_encoder
         lists = [m for n, m in image_encoder.named_modules() if n.endswith("blocks")]
         assert lists and all(isinstance(b, wrapped) for blocks in lists for b in blocks), name
+
+
+def test_fsdp_clips_gradients_by_norm_through_the_fsdp_root():
+    """The paper configs clip by norm (1.0); Lightning's FSDP precision plugin refuses that, so the
+    module asks the FSDP-wrapped root module, which computes the norm over every rank's shards."""
+    with pytest.raises(MisconfigurationException, match="not supported for `FSDPPrecision`"):
+        FSDPPrecision("bf16-mixed").clip_grad_by_norm(None, 1.0)
+
+    class Root(torch.nn.Module):  # stands in for FullyShardedDataParallel (GPU only)
+        def __init__(self) -> None:
+            super().__init__()
+            self.clipped: list[float] = []
+
+        def clip_grad_norm_(self, max_norm: float) -> None:
+            self.clipped.append(max_norm)
+
+    module = EVFSAMModule(encoder="beit3_tiny", backend="sam_tiny")
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
+    strategy = FSDPStrategy()
+    strategy.model = Root()
+    module.trainer = SimpleNamespace(strategy=strategy)
+    module.clip_gradients(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    assert strategy.model.clipped == [1.0]
+
+    module.trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)  # not FSDP
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = torch.ones_like(p)
+    module.clip_gradients(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    assert torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item() == pytest.approx(
+        1.0, rel=1e-3
+    )
 
 
 def test_deepspeed_config_parses_and_needs_deepspeed():

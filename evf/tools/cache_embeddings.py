@@ -18,6 +18,7 @@ store with ``--data.init_args.embedding_cache DIR`` (docs/embedding-cache.md).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,11 +78,15 @@ class CacheEmbeddingsCLI(EVFCLI):
             group.add_argument(f"--{name}", type=type_, default=default, help=help_)
 
     def instantiate_classes(self) -> None:
-        """The datamodule only: the backend is built in `build`, the rest of the model never."""
+        """The datamodule only: the backend is built in `build`, the rest of the model never.
+
+        ``instantiate_groups=False``: the model and trainer are class groups, which jsonargparse would
+        otherwise build even when popped from the config (then with their defaults: BEIT-3-L + SAM-H).
+        """
         config = self.config.clone()
         self.model_config: Namespace = config.pop("model")
         config.pop("trainer")
-        self.datamodule: EVFDataModule = self.parser.instantiate(config)["data"]
+        self.datamodule: EVFDataModule = self.parser.instantiate(config, instantiate_groups=False)["data"]
         self.model, self.trainer = None, None
 
     def build(self) -> None:
@@ -97,6 +102,7 @@ class CacheEmbeddingsCLI(EVFCLI):
         plan = plan_images(datamodule_datasets(self.datamodule))
         key = cache_key(backend, model.backend, options)
         workers = self.datamodule.num_workers if cfg.num_workers is None else cfg.num_workers
+        start = time.perf_counter()
         written, skipped = build_shard(
             backend,
             key,
@@ -110,7 +116,12 @@ class CacheEmbeddingsCLI(EVFCLI):
             cfg.bf16,
             cfg.progress,
         )
-        print(f"shard {shard} of {num_shards}: {written} images encoded, {skipped} were done; store: {out}")
+        seconds = time.perf_counter() - start  # image loading, encoding and writing (not the model load)
+        rate = f" ({written / seconds:.1f} images/s)" if written else ""
+        print(
+            f"shard {shard} of {num_shards}: {written} images encoded in {seconds:.1f} s{rate}, "
+            f"{skipped} were done; store: {out}"
+        )
 
 
 def _check_cacheable(model: Namespace, datamodule: EVFDataModule) -> None:
