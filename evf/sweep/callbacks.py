@@ -75,6 +75,18 @@ class RecordResults(Callback):
         self._record_metrics(trainer, "test", "test/")
 
     def _record_metrics(self, trainer: L.Trainer, stage: str, prefix: str) -> None:
-        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+        """The pooled and per-split metrics (not the per-kind ones, which stay in TensorBoard: a split
+        name may itself hold "/", so only the datamodule's split names tell them apart)."""
+        split_names = getattr(trainer.datamodule, "split_names", None)
+        evaluation = "test" if prefix == "test/" else "validate"
+        splits = None if split_names is None else set(split_names(evaluation))
+
+        def per_split(key: str) -> bool:
+            rest = key[len(prefix) :]
+            return "/" not in rest or splits is None or rest.rsplit("/", 1)[0] in splits
+
+        values = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix) and per_split(k)
+        }
         record = {"step": trainer.global_step, "ckpt_path": trainer.ckpt_path, "values": values}
         self._update(trainer, f"metrics_{stage}", record)
