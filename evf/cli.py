@@ -10,10 +10,12 @@ evf <tool> --help          # extra tools, listed by `evf --help`
 
 from __future__ import annotations
 
+import argparse
 import sys
 import typing
 from collections.abc import Callable
 
+from jsonargparse import DefaultHelpFormatter
 from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
@@ -78,7 +80,7 @@ class EVFCLI(SubcommandArgumentsCLI):
             subclass_mode_data=True,
             auto_configure_optimizers=False,
             trainer_defaults={"use_distributed_sampler": False},
-            parser_kwargs={"epilog": tools_epilog()},
+            parser_kwargs={"epilog": tools_epilog(), "formatter_class": EpilogAsWrittenFormatter},
             save_config_callback=SaveFitConfig,
             save_config_kwargs={"overwrite": True},
             args=args,
@@ -153,6 +155,10 @@ class EVFCLI(SubcommandArgumentsCLI):
         if writer.writer.failures:
             print(writer.writer.summary(), file=sys.stderr)
             raise SystemExit(1)
+
+
+class EpilogAsWrittenFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the description and epilog (the tools table) kept line by line."""
 
 
 def tools_epilog() -> str:

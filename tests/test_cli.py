@@ -50,6 +50,9 @@ def test_help_lists_subcommands_and_tools():
     assert out.returncode == 0
     for word in ("fit", "validate", "test", "predict", "extra tools"):
         assert word in out.stdout
+    lines = out.stdout.splitlines()
+    for tool in ("data-check", "demo", "predict-video", "export"):  # the tools table, one tool per line
+        assert any(line.strip().startswith(f"evf {tool} ") for line in lines), tool
 
 
 @pytest.mark.slow
