@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -12,53 +11,21 @@ import torch
 from jsonargparse.typing import ClosedUnitInterval
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
-from torch import nn
-from torchmetrics.aggregation import SumMetric
 
 from evf.batch import Batch
 from evf.cache.keys import CacheMismatchError
 from evf.cache.training import RECORD_KEY, check_datamodule_cache, image_encoder_record, restore_image_encoder
-from evf.checkpoint import CheckpointError
 from evf.decode import Prediction, check_presence_threshold, decode
+from evf.evaluation import EvaluationMetrics
 from evf.lightning_compat import attached_trainer
-from evf.lora import ADAPTER_MARK, LoraConfig
+from evf.lora import LoraConfig
 from evf.losses import mask_losses, presence_loss
-from evf.metrics import ReferringIoU, pooled
 from evf.model import EVFSAM, TrainableParts, create_model
+from evf.optim import OptimConfig, lr_schedule, param_groups
 from evf.pretrained import ReleaseConfig, load_release_weights
 from evf.results import write_results
-from evf.visualize import attention_grid, images_from_pixels, overlay_grid
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class OptimConfig:
-    """AdamW with linear decay (the paper's schedule) and optional linear warmup.
-
-    Attributes:
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay, applied to weight matrices only (not to norms, biases,
-            embeddings-as-tokens).
-        betas: AdamW betas.
-        warmup_steps: linear warmup from 0 to ``lr``.
-        schedule: ``linear`` decays to 0 at the last step; ``constant`` keeps ``lr``.
-        image_encoder_lr_scale: lr multiplier for the SAM image encoder when it trains.
-        decoder_lr_scale: lr multiplier for SAM's prompt encoder and mask decoder, which arrive
-            pretrained while the multimodal encoder and the projector may start from scratch.
-        decoder_start_step: SAM's prompt encoder and mask decoder keep their weights (lr 0) for this
-            many steps, then follow the schedule: the text side first learns to prompt the
-            pretrained decoder, before the decoder adapts to it.
-    """
-
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 0
-    schedule: Literal["linear", "constant"] = "linear"
-    image_encoder_lr_scale: float = 1.0
-    decoder_lr_scale: float = 1.0
-    decoder_start_step: int = 0
+from evf.run_checkpoint import check_adapters, check_presence_head
+from evf.visualize import log_overlays
 
 
 @dataclass
@@ -78,37 +45,6 @@ def _as(cls: type, value: Any) -> Any:
     if isinstance(value, dict):
         return cls(**value)
     return value
-
-
-def check_adapters(model: EVFSAM, state_dict: dict[str, Any]) -> None:
-    """CheckpointError unless a Lightning checkpoint's weights have LoRA adapters exactly when
-    ``model`` has them."""
-    has_adapters = any(ADAPTER_MARK in key for key in state_dict)
-    if has_adapters and model.lora is None:
-        raise CheckpointError(
-            f"the checkpoint has LoRA adapters (*.{ADAPTER_MARK}*) but the model is built with "
-            "model.lora: null; set model.lora as in the run that wrote it"
-        )
-    if not has_adapters and model.lora is not None:
-        raise CheckpointError(
-            "the checkpoint has no LoRA adapters but the model is built with model.lora; drop model.lora, "
-            "or `evf export` the checkpoint and start the LoRA run from it with model.init_from"
-        )
-
-
-PRESENCE_KEYS = "model.presence_head."
-
-
-def check_presence_head(model: EVFSAM, state_dict: dict[str, Any]) -> None:
-    """CheckpointError unless a Lightning checkpoint's weights have a presence head exactly when
-    ``model`` has one."""
-    has_head = any(key.startswith(PRESENCE_KEYS) for key in state_dict)
-    if has_head != model.has_presence:
-        found = "has a presence head" if has_head else "has no presence head"
-        raise CheckpointError(
-            f"the checkpoint {found} ({PRESENCE_KEYS}*) but the model is built with model.presence: "
-            f"{str(model.has_presence).lower()}; set model.presence to match the checkpoint"
-        )
 
 
 class EVFSAMModule(L.LightningModule):
@@ -230,14 +166,8 @@ class EVFSAMModule(L.LightningModule):
             self.model.add_lora(self.lora)
         if compile_encoder:
             self.model.encoder.compile()
-        self.val_metrics = nn.ModuleList()
-        self.test_metrics = nn.ModuleList()
-        # per split: one metric per expression kind the split declares (`EVFDataModule.split_kinds`),
-        # and the count of items that could not be read (on_bad_sample: skip), left out of the metrics
-        self.val_kind_metrics = nn.ModuleList()
-        self.test_kind_metrics = nn.ModuleList()
-        self.val_skipped = nn.ModuleList()
-        self.test_skipped = nn.ModuleList()
+        self.val_metrics = EvaluationMetrics()
+        self.test_metrics = EvaluationMetrics()
 
     # ---- embedding cache: checks and the checkpoint record (evf.cache.training) ---------------
     def setup(self, stage: str) -> None:
@@ -318,22 +248,9 @@ class EVFSAMModule(L.LightningModule):
         return loss
 
     def _eval_step(self, stage: str, batch: Batch, batch_idx: int, dataloader_idx: int) -> None:
-        metrics, kind_metrics, skipped = self._stage_metrics(stage)
-        metric, kind_metrics = metrics[dataloader_idx], kind_metrics[dataloader_idx]
-        if batch.failures:
-            skipped[dataloader_idx].update(float(len(batch.failures)))
-        if batch.num_images == 0:
-            return
-        predictions = self(batch)
-        start = 0
-        for prediction, target in zip(predictions, batch.masks, strict=True):
-            metric.update(prediction.masks, target)
-            kinds = batch.kinds[start : start + len(target)]
-            start += len(target)
-            for kind in set(kinds) & set(kind_metrics):
-                rows = torch.tensor([k == kind for k in kinds], device=target.device)
-                kind_metrics[kind].update(prediction.masks[rows], target[rows])
-        if batch_idx == 0 and dataloader_idx == 0:
+        predictions = self(batch) if batch.num_images else []
+        (self.val_metrics if stage == "val" else self.test_metrics).update(dataloader_idx, batch, predictions)
+        if batch_idx == 0 and dataloader_idx == 0 and predictions:
             self._log_overlays(stage, batch, [p.logits for p in predictions])
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -365,54 +282,16 @@ class EVFSAMModule(L.LightningModule):
             return dm.split_kinds(stage)
         return [() for _ in self._split_names(stage)]
 
-    def _stage_metrics(self, prefix: str) -> tuple[nn.ModuleList, nn.ModuleList, nn.ModuleList]:
-        """Per split: the metric, the metrics per kind, the skipped-item counter of ``val`` / ``test``."""
-        if prefix == "val":
-            return self.val_metrics, self.val_kind_metrics, self.val_skipped
-        return self.test_metrics, self.test_kind_metrics, self.test_skipped
-
     def _reset_metrics(self, stage: str, prefix: str) -> None:
-        metrics, kind_metrics, skipped = self._stage_metrics(prefix)
-        names = self._split_names(stage)
-        while len(metrics) < len(names):
-            metrics.append(ReferringIoU().to(self.device))
-        while len(skipped) < len(names):
-            skipped.append(SumMetric().to(self.device))
-        for m in metrics:
-            m.reset()
-        for m in skipped:
-            m.reset()
-            m.update(0.0)  # marks it updated on every process, so that compute() syncs everywhere
-        # Rebuilt from the declared kinds, the same on every process, so their DDP sync matches.
-        del kind_metrics[:]
-        for kinds in self._split_kinds(stage):
-            kind_metrics.append(nn.ModuleDict({kind: pooled([]) for kind in kinds}).to(self.device))
+        metrics = self.val_metrics if prefix == "val" else self.test_metrics
+        metrics.reset(len(self._split_names(stage)), self._split_kinds(stage), self.device)
 
     def _log_metrics(self, stage: str, prefix: str) -> dict[str, float]:
-        """Log ``<prefix>/<split>/<metric>``, ``<prefix>/<split>/<kind>/<metric>`` for the kinds a
-        split declares, and ``<prefix>/<metric>`` over every split together (what configs monitor:
-        it exists whatever the data), each with its ``hp/`` copy; rank 0 writes the results table.
-        A split with unreadable items (skip mode) also logs ``<prefix>/<split>/skipped``."""
-        metrics, kind_metrics, skipped = self._stage_metrics(prefix)
-        names = self._split_names(stage)
-        per_split = {
-            name: {key: float(value) for key, value in metric.compute().items()}
-            for name, metric in zip(names, metrics, strict=False)
-        }
-        results = {f"{prefix}/{name}/{key}": v for name, vals in per_split.items() for key, v in vals.items()}
-        for name, by_kind in zip(names, kind_metrics, strict=False):
-            for kind, metric in by_kind.items():
-                values = metric.compute()  # synced: the same on every process, so is the skip below
-                if not values["giou"].isnan():  # a declared kind with no expression this time
-                    results.update({f"{prefix}/{name}/{kind}/{key}": float(v) for key, v in values.items()})
-        for name, counter in zip(names, skipped, strict=False):
-            count = int(counter.compute())
-            if count:
-                results[f"{prefix}/{name}/skipped"] = float(count)
-                log.warning("%s/%s: %d unreadable item(s) skipped, not evaluated", prefix, name, count)
-        if per_split:
-            overall = pooled(list(metrics)[: len(names)]).compute()
-            results.update({f"{prefix}/{key}": float(value) for key, value in overall.items()})
+        """Log the stage's metrics (`EvaluationMetrics.results`: per split, per declared kind, and
+        ``<prefix>/<metric>`` over every split together, what configs monitor: it exists whatever
+        the data), each with its ``hp/`` copy; rank 0 writes the results table."""
+        metrics = self.val_metrics if prefix == "val" else self.test_metrics
+        results, per_split = metrics.results(self._split_names(stage), prefix)
         self.log_dict(results, add_dataloader_idx=False, sync_dist=False)
         if self.trainer.sanity_checking or not self.trainer.is_global_zero or not per_split:
             return results
@@ -462,23 +341,8 @@ class EVFSAMModule(L.LightningModule):
 
     # ---- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> dict:
-        groups = self._param_groups()
-        opt = torch.optim.AdamW(groups, lr=self.optim.lr, betas=self.optim.betas)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup, schedule, hold = self.optim.warmup_steps, self.optim.schedule, self.optim.decoder_start_step
-
-        def factor(step: int) -> float:
-            if warmup and step < warmup:
-                return (step + 1) / warmup
-            if schedule == "constant":
-                return 1.0
-            return max(0.0, (total - step) / max(total - warmup, 1))
-
-        def decoder_factor(step: int) -> float:  # held at 0 (AdamW then leaves the weights alone)
-            return 0.0 if step < hold else factor(step)
-
-        factors = [decoder_factor if g["part"] == "decoder" else factor for g in groups]
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factors)
+        opt = torch.optim.AdamW(self._param_groups(), lr=self.optim.lr, betas=self.optim.betas)
+        sched = lr_schedule(opt, self.optim, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def clip_gradients(
@@ -498,52 +362,13 @@ class EVFSAMModule(L.LightningModule):
         super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _param_groups(self) -> list[dict]:
-        """Only trainable tensors (LoRA adapters included: they lie inside their parts); weight decay on
-        matrices only; SAM's parts at their own lr scales. Each group names its part kind
-        (``image_encoder``, ``decoder``: SAM's prompt encoder and mask decoder, ``text``: the
-        multimodal encoder and the projector) for the schedule."""
-        kinds = {"image_encoder": "image_encoder", "prompt_encoder": "decoder", "mask_decoder": "decoder"}
-        scales = {"image_encoder": self.optim.image_encoder_lr_scale, "decoder": self.optim.decoder_lr_scale}
-        groups: dict[tuple[bool, str], list[nn.Parameter]] = {}
-        for part, module in self.model.parts().items():
-            kind = kinds.get(part, "text")
-            for p in module.parameters():
-                if p.requires_grad:
-                    groups.setdefault((p.ndim >= 2, kind), []).append(p)
-        if not groups:
-            raise ValueError("nothing to train: every part is frozen (see `trainable`)")
-        return [
-            {
-                "params": ps,
-                "weight_decay": self.optim.weight_decay if decay else 0.0,
-                "lr": self.optim.lr * scales.get(kind, 1.0),
-                "part": kind,
-            }
-            for (decay, kind), ps in groups.items()
-        ]
+        """`evf.optim.param_groups` of this module's model and optimiser settings."""
+        return param_groups(self.model, self.optim)
 
     # ---- logging -------------------------------------------------------------------------------
     def _log_overlays(self, stage: str, batch: Batch, logits: list[torch.Tensor]) -> None:
         experiment = getattr(self.logger, "experiment", None)
-        if (
-            self.num_logged_images <= 0
-            or not hasattr(experiment, "add_image")
-            or not self.trainer.is_global_zero
-        ):
-            return
-        if batch.sam_pixels is not None:
-            pixels, spec = batch.sam_pixels, self.model.backend.info.image
-            input_sizes = batch.input_sizes
-        else:  # features came from a cache: show the encoder's view of the image instead
-            pixels, spec = batch.encoder_pixels, self.model.encoder.preprocessor.image
-            input_sizes = [(spec.size, spec.size)] * batch.num_images
-        images = images_from_pixels(pixels, spec, input_sizes, batch.original_sizes)
-        grid = overlay_grid(images, batch, [lg.detach().float() for lg in logits], self.num_logged_images)
-        experiment.add_image(f"{stage}/overlays", grid, self.global_step, dataformats="HWC")
-        cls_attention = getattr(self.model.encoder, "cls_attention", None)
-        rows = slice(0, min(self.num_logged_images, len(batch.texts)))
-        inputs = (batch.input_ids[rows], batch.attention_mask[rows], batch.image_index[rows])
-        attention = None if cls_attention is None else cls_attention(batch.encoder_pixels, *inputs)
-        if attention is not None:
-            grid = attention_grid(images, batch, attention)
-            experiment.add_image(f"{stage}/attention", grid, self.global_step, dataformats="HWC")
+        if self.num_logged_images > 0 and hasattr(experiment, "add_image") and self.trainer.is_global_zero:
+            log_overlays(
+                experiment, self.model, batch, logits, f"{stage}/", self.global_step, self.num_logged_images
+            )

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from evf.batch import Batch
+
+if TYPE_CHECKING:
+    from evf.model import EVFSAM
 
 # Colours no shapes object has (red, green, blue, yellow) and that stand out on grey.
 PRED_COLOUR = np.array([230, 40, 230], dtype=np.float32)  # magenta: prediction, filled
@@ -182,3 +187,29 @@ def _grid(tiles: list[np.ndarray], columns: int) -> np.ndarray:
         r, c = divmod(k, columns)
         grid[r * h : r * h + t.shape[0], c * w : c * w + t.shape[1]] = t
     return grid
+
+
+def log_overlays(
+    experiment, model: EVFSAM, batch: Batch, logits: list[torch.Tensor], tag: str, step: int, count: int
+) -> None:
+    """Add ``<tag>overlays`` (prediction vs ground truth of the first ``count`` expressions) and, for
+    encoders with a ``cls_attention`` method (BEIT-3), ``<tag>attention`` to a TensorBoard
+    ``experiment``. Images come from the backend's pixels, or the encoder's when features came from
+    an embedding cache."""
+    if batch.sam_pixels is not None:
+        pixels, spec = batch.sam_pixels, model.backend.info.image
+        input_sizes = batch.input_sizes
+    else:
+        pixels, spec = batch.encoder_pixels, model.encoder.preprocessor.image
+        input_sizes = [(spec.size, spec.size)] * batch.num_images
+    images = images_from_pixels(pixels, spec, input_sizes, batch.original_sizes)
+    grid = overlay_grid(images, batch, [lg.detach().float() for lg in logits], count)
+    experiment.add_image(f"{tag}overlays", grid, step, dataformats="HWC")
+    cls_attention = getattr(model.encoder, "cls_attention", None)
+    rows = slice(0, min(count, len(batch.texts)))
+    inputs = (batch.input_ids[rows], batch.attention_mask[rows], batch.image_index[rows])
+    attention = None if cls_attention is None else cls_attention(batch.encoder_pixels, *inputs)
+    if attention is not None:
+        experiment.add_image(
+            f"{tag}attention", attention_grid(images, batch, attention), step, dataformats="HWC"
+        )

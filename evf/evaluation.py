@@ -1,0 +1,87 @@
+"""What one evaluation stage (validation or test) of `EVFSAMModule` counts, per named split: a
+`ReferringIoU`, one per expression kind the split declares, and the items that could not be read
+(skip mode). States are sums, so every number is exact-once under DDP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchmetrics.aggregation import SumMetric
+
+from evf.batch import Batch
+from evf.decode import Prediction
+from evf.metrics import ReferringIoU, pooled
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationMetrics(nn.Module):
+    """The metrics of one stage. `reset` at the stage's start (with its splits), `update` per batch,
+    `results` at its end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.splits = nn.ModuleList()
+        self.kinds = nn.ModuleList()  # per split: ModuleDict kind -> ReferringIoU
+        self.skipped = nn.ModuleList()
+
+    def reset(self, num_splits: int, kinds: Sequence[Sequence[str]], device: torch.device) -> None:
+        """Empty every metric for ``num_splits`` splits; ``kinds``: the kinds each split declares
+        (the same on every process, so their DDP sync matches)."""
+        while len(self.splits) < num_splits:
+            self.splits.append(ReferringIoU().to(device))
+            self.skipped.append(SumMetric().to(device))
+        for metric in self.splits:
+            metric.reset()
+        for counter in self.skipped:
+            counter.reset()
+            counter.update(0.0)  # marks it updated on every process, so that compute() syncs everywhere
+        del self.kinds[:]
+        for split_kinds in kinds:
+            self.kinds.append(nn.ModuleDict({kind: pooled([]) for kind in split_kinds}).to(device))
+
+    def update(self, split: int, batch: Batch, predictions: Sequence[Prediction]) -> None:
+        """Count one batch of split ``split``: its unreadable items and every expression."""
+        if batch.failures:
+            self.skipped[split].update(float(len(batch.failures)))
+        metric, by_kind = self.splits[split], self.kinds[split]
+        start = 0
+        for prediction, target in zip(predictions, batch.masks, strict=True):
+            metric.update(prediction.masks, target)
+            kinds = batch.kinds[start : start + len(target)]
+            start += len(target)
+            for kind in set(kinds) & set(by_kind):
+                rows = torch.tensor([k == kind for k in kinds], device=target.device)
+                by_kind[kind].update(prediction.masks[rows], target[rows])
+
+    def results(
+        self, names: Sequence[str], prefix: str
+    ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """``<prefix>/<split>/<metric>``, ``<prefix>/<split>/<kind>/<metric>`` for the kinds met,
+        ``<prefix>/<split>/skipped`` where items were skipped, and ``<prefix>/<metric>`` over every
+        split together; and the per-split values (for the results table). Synced across processes."""
+        per_split = {
+            name: {key: float(value) for key, value in metric.compute().items()}
+            for name, metric in zip(names, self.splits, strict=False)
+        }
+        results = {f"{prefix}/{name}/{key}": v for name, vals in per_split.items() for key, v in vals.items()}
+        for name, by_kind in zip(names, self.kinds, strict=False):
+            for kind, metric in by_kind.items():
+                values = metric.compute()  # synced: the same on every process, so is the skip below
+                if not values["giou"].isnan():  # a declared kind with no expression this time
+                    results.update({f"{prefix}/{name}/{kind}/{key}": float(v) for key, v in values.items()})
+        for name, counter in zip(names, self.skipped, strict=False):
+            count = int(counter.compute())
+            if count:
+                results[f"{prefix}/{name}/skipped"] = float(count)
+                log.warning("%s/%s: %d unreadable item(s) skipped, not evaluated", prefix, name, count)
+        if per_split:
+            overall = pooled(list(self.splits)[: len(names)]).compute()
+            results.update({f"{prefix}/{key}": float(value) for key, value in overall.items()})
+        return results, per_split
+
+
+__all__ = ["EvaluationMetrics"]
