@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from evf.encoders.beit3 import VARIANTS as BEIT3_VARIANTS
-from evf.sam_backends.sam2 import VARIANTS as SAM2_VARIANTS
+from evf.sam_backends.sam2_build import VARIANTS as SAM2_VARIANTS
 
 TINY_BEIT3 = BEIT3_VARIANTS["beit3_tiny"]
 LAYOUTS = ("safetensors", "bin", "safetensors_sharded", "bin_sharded")

@@ -265,7 +265,7 @@ def test_full_size_release_keys_map_onto_our_model_on_meta(backend):
     from torchscale.model.BEiT3 import BEiT3
 
     from evf.pretrained import release_format
-    from evf.sam_backends.sam2 import linspace_on_cpu
+    from evf.sam_backends.sam2_build import linspace_on_cpu
 
     with torch.device("meta"), linspace_on_cpu():
         ours = evf.create_model("beit3_large", backend)

@@ -10,7 +10,7 @@ token is set, puts the token where ``SAM2Base._forward_sam_heads`` would put its
 (memory, propagation, postprocessing) is sam2's code, unchanged.
 
 The model is sam2's full ``SAM2Base`` built from the variant's own config file
-(`evf.sam_backends.sam2.video_config`) with `build_sam2_video_predictor`'s options; the image path,
+(`evf.sam_backends.sam2_build.video_config`) with `build_sam2_video_predictor`'s options; the image path,
 prompt encoder and mask decoder take our backend's weights and the memory modules come from a
 released EVF-SAM2 directory or an official sam2 checkpoint (`read_memory_weights`), or stay randomly
 initialised from a seed (tests).
@@ -38,7 +38,9 @@ from evf.checkpoint import CheckpointError, CheckpointFormat, Rule, StateDict, l
 from evf.model import EVFSAM
 from evf.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from evf.pretrained import BACKEND_PREFIX, read_release_state
-from evf.sam_backends.sam2 import RELEASE_LAYOUT, SAM2_CHECKPOINT, Sam2Backend, video_config
+from evf.sam_backends.sam2 import Sam2Backend
+from evf.sam_backends.sam2_build import video_config
+from evf.sam_backends.sam2_checkpoints import RELEASE_LAYOUT, SAM2_CHECKPOINT
 from evf.video.errors import VideoError
 from evf.video.frames import VideoFrames
 

@@ -13,7 +13,8 @@ import evf
 from evf.checkpoint import CheckpointError
 from evf.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from evf.sam_backends import PointPrompts
-from evf.sam_backends.sam2 import SAM2_CHECKPOINT, VARIANTS, linspace_on_cpu
+from evf.sam_backends.sam2_build import VARIANTS, linspace_on_cpu
+from evf.sam_backends.sam2_checkpoints import SAM2_CHECKPOINT
 
 FULL = [name for name in VARIANTS if name != "sam2_tiny"]
 MEMORY_PREFIXES = {

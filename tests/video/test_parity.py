@@ -14,7 +14,7 @@ import pytest
 import torch
 from sam2.build_sam import build_sam2_video_predictor
 
-from evf.sam_backends.sam2 import video_config
+from evf.sam_backends.sam2_build import video_config
 from evf.video.frames import VideoFrames
 from evf.video.track import TextTracker
 from evf.video.tracker import build_video_predictor

@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 
 import evf
 from evf.checkpoint import CheckpointError
-from evf.sam_backends.sam2 import VARIANTS, video_config
+from evf.sam_backends.sam2_build import VARIANTS, video_config
 from evf.tools.export import export_release
 from evf.video import VideoError
 from evf.video.tracker import backend_state, build_video_predictor, read_memory_weights
