@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, autocast, count_flops, machine, peak_bytes, reset_peak, run_child, timed  # noqa: E402
+from common import RESULTS, autocast, count_flops, peak_bytes, reset_peak, run_child, timed, write_rows  # noqa: E402
 
 BACKENDS = (
     "sam_vit_b", "sam_vit_l", "sam_vit_h",
@@ -146,10 +146,7 @@ def main() -> None:
     for name in args.backends:
         print(f"{name} ...", file=sys.stderr, flush=True)
         rows.append(json.loads(run_child(Path(__file__), ["--backends", name, *passed])))
-    settings = {k: v for k, v in vars(args).items() if k not in ("child", "out")}
-    out = args.out or RESULTS / f"backends_{args.device.split(':')[0]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows}, indent=1))
+    out = write_rows(args.out or RESULTS / f"backends_{args.device.split(':')[0]}.json", args, rows)
     print(table(rows, args.device.split(":")[0]))
     print(f"\nwritten: {out}", file=sys.stderr)
 

@@ -7,6 +7,8 @@ tokenizer is replaced by token ids drawn at random (training) or the bundled sha
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import resource
@@ -152,3 +154,21 @@ def run_child(script: Path, args: list[str]) -> str:
     if out.returncode != 0:
         raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return out.stdout.strip().splitlines()[-1]
+
+
+def write_rows(out: Path, args: argparse.Namespace, rows: list[dict], **extra: object) -> Path:
+    """Write a benchmark's JSON to ``out``: its settings (every option but ``--child`` / ``--out``),
+    the machine, any ``extra`` fields and the rows."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("child", "out")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": settings, "machine": machine(), **extra, "rows": rows}, indent=1))
+    return out
+
+
+def rows_per_model(script: Path, models: list[str], passed: list[str]) -> list[dict]:
+    """Each of ``models`` measured by ``script --child MODEL ...`` in its own process; their rows."""
+    rows = []
+    for name in models:
+        rows += json.loads(run_child(script, [name, *passed]))
+        print(f"{name}: done", file=sys.stderr, flush=True)
+    return rows

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODELS, RESULTS, machine, peak_bytes, run_child  # noqa: E402
+from common import MODELS, RESULTS, peak_bytes, rows_per_model, write_rows  # noqa: E402
 
 BENCH_MODELS = {"tiny": ("beit3_tiny", "sam_tiny"), **MODELS}
 PROMPTS = ("the red circle", "the square on the left", "the largest blue shape", "the yellow triangle")
@@ -165,15 +165,10 @@ def main() -> None:
         print(json.dumps(measure(args, args.child)))
         return
     passed = [f"--{k}={getattr(args, k)}" for k in ("device", "warmup", "iterations")]
-    rows = []
-    for name in args.models:
-        rows += json.loads(run_child(Path(__file__), [name, *passed, "--prompts", *map(str, args.prompts)]))
-        print(f"{name}: done", file=sys.stderr, flush=True)
+    rows = rows_per_model(Path(__file__), args.models, [*passed, "--prompts", *map(str, args.prompts)])
     print(table(rows))
     out = args.out or RESULTS / f"demo_latency_{torch.device(args.device).type}_{'_'.join(args.models)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("child", "out")}
-    out.write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows}, indent=1))
+    write_rows(out, args, rows)
 
 
 if __name__ == "__main__":

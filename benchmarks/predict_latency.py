@@ -31,11 +31,11 @@ from common import (  # noqa: E402
     RESULTS,
     autocast,
     count_flops,
-    machine,
     peak_bytes,
     reset_peak,
-    run_child,
+    rows_per_model,
     timed,
+    write_rows,
 )
 
 PROMPTS = ("the red circle", "the square on the left", "the largest blue shape", "the yellow triangle")
@@ -130,15 +130,10 @@ def main() -> None:
         print(json.dumps(measure(args, args.child)))
         return
     passed = [f"--{k}={getattr(args, k)}" for k in ("device", "precision", "warmup", "iterations")]
-    rows = []
-    for name in args.models:
-        rows += json.loads(run_child(Path(__file__), [name, *passed, "--prompts", *map(str, args.prompts)]))
-        print(f"{name}: done", file=sys.stderr, flush=True)
+    rows = rows_per_model(Path(__file__), args.models, [*passed, "--prompts", *map(str, args.prompts)])
     print(table(rows))
     out = args.out or RESULTS / f"predict_latency_{torch.device(args.device).type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("child", "out")}
-    out.write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows}, indent=1))
+    write_rows(out, args, rows)
 
 
 if __name__ == "__main__":

@@ -44,12 +44,12 @@ from common import (  # noqa: E402
     RESULTS,
     autocast,
     count_flops,
-    machine,
     peak_bytes,
     peak_tflops,
     reset_peak,
     run_child,
     timed,
+    write_rows,
 )
 
 VARIANTS = ("naive", "evf", "evf_cache")
@@ -267,11 +267,7 @@ def main() -> None:
     peak = peak_tflops(torch.device(args.device), args.peak_tflops)
     print(table(rows, peak))
     out = args.out or RESULTS / f"train_throughput_{torch.device(args.device).type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("child", "out")}
-    out.write_text(
-        json.dumps({"settings": settings, "machine": machine(), "peak_tflops": peak, "rows": rows}, indent=1)
-    )
+    write_rows(out, args, rows, peak_tflops=peak)
 
 
 if __name__ == "__main__":
