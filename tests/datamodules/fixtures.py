@@ -8,6 +8,7 @@ the tests compare against, pixel by pixel.
 
 from __future__ import annotations
 
+import csv
 import json
 import struct
 from dataclasses import dataclass, field
@@ -371,3 +372,18 @@ PASCAL_PART_CATEGORIES = [
     {"id": 71, "name": "person:hair"},
 ]
 OBJECTS365_CATEGORIES = [{"id": 1, "name": "Person"}, {"id": 2, "name": "Sneakers"}, {"id": 5, "name": "Car"}]
+
+
+def fit_two_steps(config: Path, run: Path, *extra: str) -> list[dict[str, str]]:
+    """`evf fit` of the tiny model for two steps on the data of ``config`` (plus ``extra`` flags),
+    logging to a CSV under ``run``; the rows of its metrics.csv."""
+    from evf.cli import main
+
+    main(["fit", "--config", str(config), *extra, "--model.encoder=beit3_tiny", "--model.backend=sam_tiny",
+          "--trainer.accelerator=cpu", "--trainer.max_steps=2", "--trainer.num_sanity_val_steps=0",
+          "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+          f"--trainer.default_root_dir={run}", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+          f"--trainer.logger.init_args.save_dir={run}"])  # fmt: skip
+    (metrics_file,) = run.rglob("metrics.csv")
+    with metrics_file.open() as handle:
+        return list(csv.DictReader(handle))

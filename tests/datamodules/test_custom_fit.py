@@ -3,13 +3,10 @@ config, with the tiny model. In skip mode an unreadable validation image is coun
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import yaml
-
-from evf.cli import main
 
 from .custom_fixtures import (
     write_coco_from_shapes,
@@ -17,6 +14,7 @@ from .custom_fixtures import (
     write_labelme_from_shapes,
     write_mask_folder_from_shapes,
 )
+from .fixtures import fit_two_steps
 
 
 def _write(kind: str, root: Path) -> dict:
@@ -60,26 +58,7 @@ def test_fit_on_a_user_format(tmp_path: Path, kind: str) -> None:
         }
     }
     (tmp_path / "data.yaml").write_text(yaml.safe_dump(config))
-    run = tmp_path / "run"
-    main(
-        [
-            "fit",
-            "--config",
-            str(tmp_path / "data.yaml"),
-            "--model.encoder=beit3_tiny",
-            "--model.backend=sam_tiny",
-            "--trainer.accelerator=cpu",
-            "--trainer.max_steps=2",
-            "--trainer.num_sanity_val_steps=0",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.log_every_n_steps=1",
-            f"--trainer.default_root_dir={run}",
-            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-            f"--trainer.logger.init_args.save_dir={run}",
-        ]
-    )
-    (metrics_file,) = run.rglob("metrics.csv")
-    rows = list(csv.DictReader(metrics_file.open()))
+    rows = fit_two_steps(tmp_path / "data.yaml", tmp_path / "run")
     assert any(row.get("train/loss") for row in rows)
     val = [row for row in rows if row.get(f"val/{kind}/val/ciou")]
     assert val, f"no validation metric for {kind}"

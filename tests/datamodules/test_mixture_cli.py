@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from evf.cli import main
-
-from .fixtures import Ref, ReferImage, write_ade20k, write_humanparsing, write_refer
+from .fixtures import Ref, ReferImage, fit_two_steps, write_ade20k, write_humanparsing, write_refer
 
 
 @pytest.mark.slow
@@ -58,28 +55,13 @@ def test_two_step_fit_on_a_mixture_through_the_cli(tmp_path: Path) -> None:
     }
     (tmp_path / "mix.yaml").write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
-    main(
-        [
-            "fit",
-            "--config",
-            str(tmp_path / "mix.yaml"),
-            "--data",
-            "evf.datamodules.MixtureDataModule",
-            "--model.encoder=beit3_tiny",
-            "--model.backend=sam_tiny",
-            "--trainer.accelerator=cpu",
-            "--trainer.max_steps=2",
-            "--trainer.limit_val_batches=1",
-            "--trainer.num_sanity_val_steps=0",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.log_every_n_steps=1",
-            f"--trainer.default_root_dir={run}",
-            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-            f"--trainer.logger.init_args.save_dir={run}",
-        ]
+    rows = fit_two_steps(
+        tmp_path / "mix.yaml",
+        run,
+        "--data",
+        "evf.datamodules.MixtureDataModule",
+        "--trainer.limit_val_batches=1",
     )
-    (metrics_file,) = run.rglob("metrics.csv")
-    rows = list(csv.DictReader(metrics_file.open()))
     columns = set(rows[0])
     for split in ("refcoco/val", "refcoco/testA", "ade20k/val"):
         assert f"val/{split}/ciou" in columns and f"val/{split}/giou" in columns
