@@ -23,6 +23,7 @@ from evf.cache import CacheError
 from evf.checkpoint import CheckpointError
 from evf.datamodules import DataError, EVFDataModule
 from evf.datamodules.predict import MaskWriter, PredictDataModule
+from evf.errors import UsageError
 from evf.inputs import collect_inputs
 from evf.lightning_compat import SubcommandArgumentsCLI
 from evf.module import EVFSAMModule
@@ -39,6 +40,10 @@ TOOLS: dict[str, tuple[str, str]] = {
     "cache-embeddings": ("evf.tools.cache_embeddings:CacheEmbeddingsCLI", "SAM image features to disk"),
     "export": ("evf.tools.export:export", "a .ckpt in the released EVF-SAM layout (--ckpt_path, --output)"),
     "pretrain-sam": ("evf.tools.pretrain_sam:pretrain_sam", "train sam_tiny on shapes with SAM's objective"),
+    "pretrain-encoder": (
+        "evf.tools.pretrain_encoder:pretrain_encoder",
+        "pretrain an encoder on image-caption pairs with its family's objective",
+    ),
     "data-check": (
         "evf.tools.data_check:DataCheckCLI",
         "read every sample of a data config; report (--config)",
@@ -200,7 +205,7 @@ def _load_tool(target: str) -> Callable:
 
 # Errors that describe the user's input (a file, a key, a store), each with a message naming it: the
 # command line prints that message and exits 2, without a traceback (kept for bugs).
-ANTICIPATED = (CacheError, CheckpointError, DataError, VideoError)
+ANTICIPATED = (CacheError, CheckpointError, DataError, UsageError, VideoError)
 
 
 def main(argv: list[str] | None = None) -> None:

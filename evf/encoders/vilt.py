@@ -142,6 +142,24 @@ class ViltTokenizer:
         self.max_length = max_length
         self._hf = hf_tokenizer
 
+    @property
+    def mask_id(self) -> int:
+        """``[MASK]``, the token of masked language modelling (pretraining only)."""
+        return self._hf.mask_token_id
+
+    def pieces(self) -> list[str]:
+        """The piece of every id (``##`` continues a word)."""
+        return self._hf.convert_ids_to_tokens(list(range(len(self._hf))))
+
+    def special_ids(self) -> list[int]:
+        """``[PAD]``, ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]``."""
+        return list(self._hf.all_special_ids)
+
+    def save(self, directory: Path) -> None:
+        """Write the vocabulary as BERT's ``vocab.txt`` (one piece per line, in id order) into ``directory``.
+        (transformers 5's ``save_vocabulary`` writes a ``tokenizer.model`` that older versions cannot read.)"""
+        (Path(directory) / "vocab.txt").write_text("\n".join(self.pieces()) + "\n", encoding="utf-8")
+
     def lengths(self, texts: Sequence[str]) -> list[int]:
         """Ids per expression before truncation, ``[CLS]`` and ``[SEP]`` included."""
         return [len(ids) for ids in self._hf(list(texts))["input_ids"]] if texts else []

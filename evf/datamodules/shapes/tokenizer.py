@@ -8,6 +8,10 @@ text is ASCII, so no normaliser is stored, which keeps the model under a kilobyt
 deterministic (fixed corpus order, one thread, no shuffling, fixed random seed), so rebuilding
 reproduces the shipped file.
 
+`write_shapes_wordpiece` writes the BERT WordPiece vocabulary (``vocab.txt``) of the same language
+for the tiny ViLT: BERT's special tokens, every word of the expressions and of the captions
+(`evf.datamodules.shapes.captions`) whole, and the letters, so any other lower-case word is spelt.
+
 The tiny BEIT-3 reads it through an XLM-R style tokenizer that adds ``<s> <pad> </s> <unk>`` and
 ``<mask>`` around the sentencepiece ids, so ``pieces + 2`` must stay within its 512 ids.
 """
@@ -19,9 +23,11 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from .captions import CAPTION_WORDS
 from .expressions import expression_corpus
 
 SEMANTIC_PREFIX = "[semantic]"
+WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MAX_PIECES = 200  # a soft limit: the trainer stops earlier when the corpus allows no more pieces
 _TRAINER_SEED = 0
 
@@ -54,3 +60,18 @@ def train_shapes_tokenizer(path: Path) -> int:
     )
     Path(path).write_bytes(model.getvalue())
     return spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+
+
+def shapes_wordpiece_vocabulary() -> list[str]:
+    """The WordPiece vocabulary: specials (``[PAD]`` = 0), whole words, letters, ``##`` letters."""
+    words = sorted({w for text in expression_corpus() for w in text.split()} | set(CAPTION_WORDS))
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    singles = [c for c in letters if c not in words]
+    return [*WORDPIECE_SPECIALS, *words, *singles, *(f"##{c}" for c in letters)]
+
+
+def write_shapes_wordpiece(directory: Path) -> Path:
+    """Writes ``vocab.txt`` of `shapes_wordpiece_vocabulary` into ``directory``; returns its path."""
+    path = Path(directory) / "vocab.txt"
+    path.write_text("\n".join(shapes_wordpiece_vocabulary()) + "\n")
+    return path

@@ -45,6 +45,19 @@ class BEiT3Tokenizer:
         """Every id this tokenizer can produce (``<mask>`` included) is below this."""
         return len(self._hf)
 
+    @property
+    def mask_id(self) -> int:
+        """``<mask>``, the token of masked language modelling (pretraining only)."""
+        return self._hf.mask_token_id
+
+    def pieces(self) -> list[str]:
+        """The piece of every id (``▁`` opens a word), ``vocab_size`` of them."""
+        return self._hf.convert_ids_to_tokens(list(range(self.vocab_size)))
+
+    def special_ids(self) -> list[int]:
+        """``<s>``, ``<pad>``, ``</s>``, ``<unk>``, ``<mask>``."""
+        return list(self._hf.all_special_ids)
+
     def lengths(self, texts: Sequence[str]) -> list[int]:
         """Ids per expression before truncation, ``<s>`` and ``</s>`` included."""
         return [len(x) for x in self._ids(texts)]

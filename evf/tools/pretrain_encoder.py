@@ -1,0 +1,375 @@
+"""``evf pretrain-encoder``: pretrain a multimodal encoder on image-caption pairs with its family's
+own objective, as the paper's BEIT-3 arrives pretrained on image-text data before EVF-SAM fine-tunes it.
+
+    evf pretrain-encoder --encoder beit3_tiny                      # shapes captions -> evf/assets
+    evf pretrain-encoder --encoder clip_tiny --steps 2000
+    evf pretrain-encoder --encoder beit3_tiny --captions my/captions.jsonl --out my_beit3.pth
+    evf pretrain-encoder --encoder beit3_tiny --captions captions_train2017.json --images train2017/
+
+Objectives (`evf.encoders.pretraining`): BEIT-3 masked data modelling, CLIP's symmetric contrastive
+loss, ViLT's image-text matching + masked language modelling. Data (`evf.datamodules.captions`):
+shapes scenes with generated captions (a scene stream of its own: no scene the task trains or
+validates on, and no mask, box or referring expression), a JSONL of ``{"image", "caption"}``, or
+COCO captions. Nothing here reads a mask.
+
+Seeded and resumable: every draw of step ``s`` (which images, which caption, which words are
+masked, which negatives) comes from generators seeded by ``(seed, s)``; the weights, optimiser and
+schedule are saved every ``save_every`` steps to ``<out>.resume.pt``, and a rerun of the same
+command continues from there (bit-identically) and deletes it at the end. At the end a probe runs
+on held-out pairs, for the random-init encoder and the pretrained one: masked colour- and shape-word
+accuracy on shapes (the word masked in "there is a red circle in the top left", chosen among the
+four colours / three shapes), masked-word accuracy, image-text retrieval R@1 (CLIP) and matching
+accuracy (ViLT). The weights go to ``out`` in the family's checkpoint format and a JSON card beside
+them says what was done, what it reached and the command that remakes the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from evf.assets import ASSETS
+from evf.datamodules.captions import CaptionSource, CocoCaptions, JsonlCaptions, ShapesCaptions
+from evf.datamodules.common import item_rng
+from evf.datamodules.shapes.captions import probe_sentence
+from evf.datamodules.shapes.expressions import COLOURS, SHAPES
+from evf.encoders import ENCODERS
+from evf.encoders.pretraining import OBJECTIVES, CaptionBatch, PretrainObjective, build_objective
+from evf.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+_CAPTION_STREAM, _MASK_STREAM, _ORDER_STREAM, _PROBE_STREAM = 0xCA9, 0x3A5C, 0x0D3E, 0x960B
+OBJECTIVE_NAMES = {
+    "beit3": "BEIT-3 masked data modelling: 50% of the caption's words masked, predicted from image + text",
+    "clip": "CLIP symmetric image-text contrastive loss (InfoNCE both ways, learnt temperature)",
+    "vilt": "ViLT image-text matching (half the captions swapped) + masked language modelling (15% of words)",
+}
+DEFAULT_OUT = {"beit3": "{name}_shapes.pth", "clip": "{name}_shapes.pt", "vilt": "{name}_shapes"}
+
+
+@dataclass
+class PretrainEncoderReport:
+    """What `pretrain_encoder` did and reached (the JSON card beside the weights)."""
+
+    encoder: str
+    objective: str
+    data: str
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    seconds: float
+    probe: dict[str, float]
+    random_init_probe: dict[str, float]
+    parameters: int
+    file: str
+    file_bytes: int
+    command: str
+    machine: str = field(default_factory=lambda: f"{platform.machine()}, torch {torch.__version__}")
+
+
+def _sources(
+    captions: Path | None, images: Path | None, num_train: int, num_probe: int, seed: int, max_sentences: int
+) -> tuple[CaptionSource, CaptionSource, list[int], list[int]]:
+    """Training and probe sources with the indices each uses."""
+    if captions is None:
+        train = ShapesCaptions(num_train, seed, "train", max_sentences)
+        probe = ShapesCaptions(num_probe, seed, "val", max_sentences)
+        return train, probe, list(range(num_train)), list(range(num_probe))
+    captions = Path(captions)
+    if captions.suffix == ".jsonl":
+        source: CaptionSource = JsonlCaptions(captions)
+    elif captions.suffix == ".json":
+        if images is None:
+            raise UsageError(f"{captions}: COCO captions need --images, the folder of their images")
+        source = CocoCaptions(captions, images)
+    else:
+        raise UsageError(f"--captions {captions}: expected a .jsonl of image-caption lines or COCO captions_*.json")
+    held_out = min(num_probe, len(source) // 5)  # the last pairs are the probe's, never trained on
+    indices = list(range(len(source)))
+    return source, source, indices[: len(source) - held_out], indices[len(source) - held_out :]
+
+
+class _Batcher:
+    """Caption batches of a source, a pure function of ``(seed, step)``; shapes pixels are kept."""
+
+    def __init__(self, objective: PretrainObjective, source: CaptionSource, indices: list[int], seed: int) -> None:
+        self.preprocessor = objective.encoder.preprocessor
+        self.source, self.indices, self.seed = source, indices, seed
+        self._pixels: dict[int, torch.Tensor] | None = {} if isinstance(source, ShapesCaptions) else None
+
+    def order(self, epoch: int) -> list[int]:
+        rng = item_rng(self.seed, _ORDER_STREAM, epoch)
+        return [self.indices[i] for i in rng.permutation(len(self.indices))]
+
+    def indices_of_step(self, step: int, batch_size: int) -> list[int]:
+        first = step * batch_size
+        out: list[int] = []
+        while len(out) < batch_size:
+            epoch, offset = divmod(first + len(out), len(self.indices))
+            out += self.order(epoch)[offset : offset + batch_size - len(out)]
+        return out
+
+    def batch(self, indices: list[int], step: int, stream: int = _CAPTION_STREAM) -> CaptionBatch:
+        pixels, texts = [], []
+        for k, index in enumerate(indices):
+            image, caption = self.source.pair(index, item_rng(self.seed, stream, step, k))
+            pixels.append(self._transform(index, image))
+            texts.append(caption)
+        tokens = self.preprocessor.tokenize(texts)
+        return CaptionBatch(torch.stack(pixels), tokens["input_ids"], tokens["attention_mask"], texts)
+
+    def _transform(self, index: int, image: np.ndarray) -> torch.Tensor:
+        if self._pixels is None:
+            return self.preprocessor.transform_image(image)
+        if index not in self._pixels:
+            self._pixels[index] = self.preprocessor.transform_image(image)
+        return self._pixels[index]
+
+
+@torch.no_grad()
+def probe(objective: PretrainObjective, batcher: _Batcher, batch_size: int = 50) -> dict[str, float]:
+    """The probe numbers of ``objective`` on ``batcher``'s (held-out) pairs; see the module doc."""
+    objective.eval()
+    sums: dict[str, list[float]] = {}
+    chunks = [batcher.indices[i : i + batch_size] for i in range(0, len(batcher.indices), batch_size)]
+    for k, chunk in enumerate(chunks):
+        batch = batcher.batch(chunk, k, _PROBE_STREAM)
+        gen = torch.Generator().manual_seed(_PROBE_STREAM + k)
+        torch.manual_seed(_PROBE_STREAM + k)  # ViLT's patch sampling draws from the global RNG
+        for name, value in objective(batch, gen).items():
+            if name.endswith("accuracy"):
+                sums.setdefault(name, []).append(float(value))
+        scores = objective.retrieval_scores(batch)
+        if scores is not None and len(chunk) > 1:
+            target = torch.arange(len(chunk))
+            sums.setdefault("image_to_text_r1", []).append(float((scores.argmax(1) == target).float().mean()))
+            sums.setdefault("text_to_image_r1", []).append(float((scores.argmax(0) == target).float().mean()))
+        if isinstance(batcher.source, ShapesCaptions):
+            for word, choices in (("colour", COLOURS), ("shape", SHAPES)):
+                accuracy = _word_probe(objective, batcher, chunk, word, choices)
+                if accuracy is not None:
+                    sums.setdefault(f"masked_{word}_accuracy", []).append(accuracy)
+    objective.train()
+    out = {name: round(float(np.mean(values)), 4) for name, values in sorted(sums.items())}
+    if "image_to_text_r1" in out:
+        out["retrieval_pool"] = min(batch_size, len(batcher.indices))
+    return out
+
+
+def _word_probe(
+    objective: PretrainObjective, batcher: _Batcher, chunk: list[int], word: str, choices: tuple[str, ...]
+) -> float | None:
+    """Accuracy of the masked ``word`` (colour or shape) of every object's probe sentence, predicted
+    among ``choices``; None for a family without masked language modelling."""
+    tokenize = batcher.preprocessor.tokenize
+    choice_ids = [int(tokenize([c])["input_ids"][0, 1]) for c in choices]
+    pixels, texts, answers = [], [], []
+    for index in chunk:
+        image, objects = batcher.source.scene(index)
+        height, width = image.shape[:2]
+        for obj in objects:
+            pixels.append(batcher._transform(index, image))
+            texts.append(probe_sentence(obj, width, height))
+            answers.append(choices.index(getattr(obj, word)))
+    tokens = tokenize(texts)
+    ids = tokens["input_ids"]
+    masked = torch.isin(ids, torch.tensor(choice_ids))  # the colour / shape word of each sentence
+    batch = CaptionBatch(torch.stack(pixels), ids, tokens["attention_mask"], texts)
+    logits = objective.masked_word_logits(batch, masked)
+    if logits is None:
+        return None
+    picked = logits[masked][:, choice_ids].argmax(-1)
+    return float((picked == torch.tensor(answers)).float().mean())
+
+
+def pretrain_encoder(
+    encoder: str = "beit3_tiny",
+    out: Path | None = None,
+    captions: Path | None = None,
+    images: Path | None = None,
+    tokenizer: Path | None = None,
+    steps: int = 3000,
+    batch_size: int = 48,
+    lr: float = 1e-3,
+    warmup_steps: int = 200,
+    weight_decay: float = 0.05,
+    num_train: int = 8000,
+    num_probe: int = 100,
+    max_sentences: int = 2,
+    seed: int = 0,
+    save_every: int = 250,
+    stop_after: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> PretrainEncoderReport | None:
+    """Pretrain ``encoder`` on image-caption pairs with its family's objective and write its weights.
+
+    Args:
+        encoder: a registered encoder name (``beit3_tiny``, ``clip_tiny``, ``vilt_tiny``, or a full size).
+        out: the weights (BEIT-3: unilm ``.pth``; CLIP: open_clip state dict; ViLT: a transformers
+            directory with its ``vocab.txt``); a ``.json`` card is written beside it. Default:
+            ``evf/assets/<encoder>_shapes.*`` for shapes captions.
+        captions: a ``.jsonl`` of ``{"image", "caption"}`` lines or COCO ``captions_*.json``; None:
+            shapes scenes with generated captions.
+        images: with COCO captions, the folder of their images.
+        tokenizer: the encoder's tokenizer (None: its default; ViLT on shapes: the shapes WordPiece
+            vocabulary, written into ``out``).
+        steps: optimiser steps.
+        batch_size: image-caption pairs per step.
+        lr: AdamW peak learning rate (linear warmup, then linear decay to 0).
+        warmup_steps: warmup length.
+        weight_decay: AdamW weight decay.
+        num_train: shapes scenes to pretrain on (ignored for files).
+        num_probe: held-out pairs for the probe (files: at most a fifth, taken from the end).
+        max_sentences: most sentences in a generated shapes caption.
+        seed: seed of the initialisation and of every draw.
+        save_every: steps between resumable states (``<out>.resume.pt``).
+        stop_after: stop after this many steps of this run, leaving the resumable state (a time slice).
+        threads: torch CPU threads (None: torch's default).
+        progress: show a progress bar.
+
+    Returns:
+        The report, or None when the run stopped early (``stop_after``).
+    """
+    if encoder not in ENCODERS.names():
+        raise UsageError(f"--encoder {encoder!r} is not a registered encoder: {', '.join(ENCODERS.names())}")
+    family = ENCODERS.info(encoder).family
+    if family not in OBJECTIVES:
+        raise UsageError(f"--encoder {encoder!r}: no pretraining objective for family {family!r}")
+    if out is None:
+        if captions is not None:
+            raise UsageError("--out is required with --captions (the default is the shipped shapes asset)")
+        out = ASSETS / DEFAULT_OUT.get(family, "{name}_shapes.pt").format(name=encoder)
+    out = Path(out)
+    if threads:
+        torch.set_num_threads(threads)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # multi-threaded CPU backward is otherwise not bitwise repeatable
+    try:
+        return _pretrain(
+            encoder, family, out, captions, images, tokenizer, steps, batch_size, lr, warmup_steps,
+            weight_decay, num_train, num_probe, max_sentences, seed, save_every, stop_after, progress,
+        )  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _tokenizer_for(family: str, out: Path, tokenizer: Path | None, captions: Path | None) -> Path | None:
+    """ViLT on shapes reads the shapes WordPiece vocabulary, written into its output directory."""
+    if family != "vilt" or tokenizer is not None or captions is not None:
+        return tokenizer
+    from evf.datamodules.shapes.tokenizer import write_shapes_wordpiece
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_shapes_wordpiece(out)
+    return out
+
+
+def _pretrain(
+    encoder: str, family: str, out: Path, captions: Path | None, images: Path | None,
+    tokenizer: Path | None, steps: int, batch_size: int, lr: float, warmup_steps: int,
+    weight_decay: float, num_train: int, num_probe: int, max_sentences: int, seed: int,
+    save_every: int, stop_after: int | None, progress: bool,
+) -> PretrainEncoderReport | None:  # fmt: skip
+    tokenizer = _tokenizer_for(family, out, tokenizer, captions)
+    train_source, probe_source, train_indices, probe_indices = _sources(
+        captions, images, num_train, num_probe, seed, max_sentences
+    )
+    torch.manual_seed(seed)
+    objective = build_objective(encoder, tokenizer)
+    batcher = _Batcher(objective, train_source, train_indices, seed)
+    probe_batcher = _Batcher(objective, probe_source, probe_indices, seed + 1)
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup_steps, max(0.0, (steps - s) / max(steps - warmup_steps, 1)))
+    )
+    state_file = out.parent / f"{out.name}.resume.pt"
+    start, seconds, baseline = 0, 0.0, None
+    if state_file.is_file():
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start, seconds, baseline = state["step"], state["seconds"], state["random_init_probe"]
+        print(f"resuming {encoder} pretraining from step {start} ({state_file})", file=sys.stderr)
+    if baseline is None:
+        baseline = probe(objective, probe_batcher) if probe_indices else {}
+    objective.train()
+    began = time.perf_counter()
+    last = steps if stop_after is None else min(steps, start + stop_after)
+    bar = tqdm(range(start, last), desc=f"pretrain {encoder}", initial=start, total=steps, disable=not progress)
+    for step in bar:
+        torch.manual_seed(seed * 1_000_003 + step)  # ViLT's patch sampling draws from the global RNG
+        batch = batcher.batch(batcher.indices_of_step(step, batch_size), step)
+        terms = objective(batch, torch.Generator().manual_seed(seed * 1_000_003 + _MASK_STREAM + step))
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        schedule.step()
+        if step % 20 == 0:
+            bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in terms.items()})
+        done = step + 1
+        if done % save_every == 0 or done == last:
+            _save_state(state_file, objective, optimizer, schedule, done, seconds + time.perf_counter() - began, baseline)
+    seconds += time.perf_counter() - began
+    if last < steps:
+        print(f"stopped at step {last} of {steps}; rerun the same command to continue", file=sys.stderr)
+        return None
+    reached = probe(objective, probe_batcher) if probe_indices else {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = objective.save_encoder(out)
+    report = PretrainEncoderReport(
+        encoder=encoder, objective=OBJECTIVE_NAMES[family], data=_describe(train_source, len(train_indices)),
+        steps=steps, batch_size=batch_size, lr=lr, seed=seed, seconds=round(seconds, 1), probe=reached,
+        random_init_probe=baseline, parameters=sum(p.numel() for p in objective.encoder.parameters()),
+        file=written.name, file_bytes=_size(written), command=_command(),
+    )  # fmt: skip
+    card = out.parent / f"{out.stem if out.suffix else out.name}.json"
+    card.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    state_file.unlink(missing_ok=True)
+    print(json.dumps({"probe": reached, "random_init_probe": baseline, "seconds": report.seconds}, indent=2))
+    return report
+
+
+def _save_state(path: Path, objective, optimizer, schedule, step: int, seconds: float, baseline) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(), "step": step, "seconds": seconds, "random_init_probe": baseline,
+    }  # fmt: skip
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a run killed while saving keeps the previous state
+
+
+def _describe(source: CaptionSource, count: int) -> str:
+    if isinstance(source, ShapesCaptions):
+        return (
+            f"{count} shapes scenes (scene stream {source.name}, seed {source.seed}, none of the task's "
+            f"scenes) with generated whole-scene captions of 1-{source.max_sentences} sentences"
+        )
+    return f"{count} images of {source.name}"
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _command() -> str:
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["evf"]
+    return shlex.join(argv)
+
+
+__all__ = ["PretrainEncoderReport", "probe", "pretrain_encoder"]

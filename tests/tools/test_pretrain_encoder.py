@@ -1,0 +1,69 @@
+"""``evf pretrain-encoder``: seeded, resumable bit for bit, a card beside the weights, user captions."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import evf
+from evf.cli import main
+from evf.errors import UsageError
+from evf.tools.pretrain_encoder import pretrain_encoder
+
+SMALL = dict(steps=4, batch_size=4, warmup_steps=1, num_train=8, num_probe=3, save_every=1, progress=False)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_a_resumed_run_writes_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    straight = pretrain_encoder("beit3_tiny", tmp_path / "straight.pth", **SMALL)
+    assert pretrain_encoder("beit3_tiny", tmp_path / "resumed.pth", stop_after=2, **SMALL) is None
+    assert (tmp_path / "resumed.pth.resume.pt").is_file() and not (tmp_path / "resumed.pth").exists()
+    resumed = pretrain_encoder("beit3_tiny", tmp_path / "resumed.pth", **SMALL)
+    a, b = _weights(tmp_path / "straight.pth"), _weights(tmp_path / "resumed.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "resumed.pth.resume.pt").exists()  # removed once the weights are written
+    assert resumed.probe == straight.probe and resumed.random_init_probe == straight.random_init_probe
+    card = json.loads((tmp_path / "straight.json").read_text())
+    assert card["steps"] == 4 and card["file"] == "straight.pth" and "masked data modelling" in card["objective"]
+    assert set(card["probe"]) == {"masked_colour_accuracy", "masked_shape_accuracy", "mlm_accuracy"}
+    random_init = evf.create_encoder("beit3_tiny").state_dict()
+    loaded = evf.create_encoder("beit3_tiny", checkpoint=tmp_path / "straight.pth").state_dict()
+    assert any(not torch.equal(loaded[k], random_init[k]) for k in loaded)
+
+
+def test_the_command_pretrains_vilt_on_a_jsonl_of_captions(tmp_path, capsys):
+    lines = []
+    for i in range(10):
+        Image.fromarray(np.full((20, 20, 3), 25 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png", "caption": f"a {'red' if i % 2 else 'blue'} square"}))
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines))
+    from evf.datamodules.shapes.tokenizer import write_shapes_wordpiece
+
+    write_shapes_wordpiece(tmp_path)
+    out = tmp_path / "vilt"
+    main(["pretrain-encoder", "--encoder=vilt_tiny", f"--captions={tmp_path / 'captions.jsonl'}",
+          f"--tokenizer={tmp_path}", f"--out={out}", "--steps=2", "--batch_size=4", "--warmup_steps=1",
+          "--progress=false"])  # fmt: skip
+    card = json.loads((tmp_path / "vilt.json").read_text())
+    assert card["data"].startswith("8 images of") and {"itm_accuracy", "mlm_accuracy"} <= set(card["probe"])
+    assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in out.iterdir()}
+    evf.create_encoder("vilt_tiny", checkpoint=out, tokenizer=out)
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(UsageError, match="--out is required with --captions"):
+        pretrain_encoder("clip_tiny", captions=tmp_path / "c.jsonl")
+    with pytest.raises(UsageError, match="COCO captions need --images"):
+        pretrain_encoder("clip_tiny", tmp_path / "o.pt", captions=tmp_path / "captions_val2017.json")
+    for argv, message in ((["--encoder=sam_tiny"], "'sam_tiny' is not a registered encoder"),
+                          ([f"--captions={tmp_path / 'missing.jsonl'}", f"--out={tmp_path / 'o.pth'}"],
+                           "caption file not found")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            main(["pretrain-encoder", *argv, "--progress=false"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err and "Traceback" not in err
