@@ -54,7 +54,9 @@ def per_kind(ckpt: Path) -> dict[str, dict[str, float]]:
     # Built with its image encoder (from the config's backend checkpoint) though trained from a cache.
     module = EVFSAMModule.load_from_checkpoint(ckpt, map_location="cpu", use_embedding_cache=False).eval()
     config = module.hparams
-    data = ShapesDataModule(num_val=100, encoder=config.encoder, backend=config.backend, num_workers=0)
+    data = ShapesDataModule(
+        num_val=100, encoder=config.encoder, tokenizer=config.tokenizer, backend=config.backend, num_workers=0
+    )
     metrics: dict[str, ReferringIoU] = defaultdict(ReferringIoU)
     with torch.no_grad():
         for batch in data.val_dataloader()[0]:

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 import evf
-from evf.assets import SAM_TINY_SHAPES
+from evf.assets import BEIT3_TINY_SHAPES, SAM_TINY_SHAPES
 from evf.cli import main
 from evf.datamodules.shapes import ShapesDataset
 from evf.tools.pretrain_sam import evaluate, pretrain_sam
@@ -44,7 +44,7 @@ def _ckpts(run: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_quickstart_config_fits_from_the_cache_with_the_sam_frozen(tmp_path, monkeypatch):
+def test_the_quickstart_config_fits_from_the_cache_with_the_sam_frozen(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # the config names the asset relative to the repository root
     small = [f"--data.init_args.embedding_cache={tmp_path / 'cache'}", "--data.init_args.num_train=6",
              "--data.init_args.num_val=3", "--data.init_args.num_workers=0"]  # fmt: skip
@@ -59,6 +59,10 @@ def test_the_quickstart_config_fits_from_the_cache_with_the_sam_frozen(tmp_path,
         ".image_encoder." in k for k in state["state_dict"]
     )  # never built: features came from the cache
     assert state["evf_image_encoder"]["included"] is False
+    assert state["hyper_parameters"]["encoder_checkpoint"] == "evf/assets/beit3_tiny_shapes.pth"
+    out = capsys.readouterr().out
+    assert "epoch 1/12 step 3: val/ciou " in out and "fit: 3 steps in " in out
+    assert "| shapes/val | position |" in out and "| all splits | all |" in out
 
 
 @pytest.mark.slow
@@ -80,3 +84,14 @@ def test_a_config_with_other_data_checkpoints_on_the_pooled_ciou(tmp_path, monke
           "--trainer.max_steps=1", f"--trainer.default_root_dir={run}",
           f"--trainer.logger.init_args.save_dir={run}"])  # fmt: skip
     assert any(name.startswith("best-epoch0-ciou") for name in _ckpts(run))
+
+
+def test_the_quickstart_starts_from_the_shipped_pretrained_encoder(monkeypatch):
+    from evf.module import EVFSAMModule
+
+    monkeypatch.chdir(ROOT)
+    model = yaml.safe_load(QUICKSTART.read_text())["model"]
+    module = EVFSAMModule(**{k: v for k, v in model.items() if k != "optim"}, use_embedding_cache=True)
+    shipped = evf.create_encoder("beit3_tiny", checkpoint=BEIT3_TINY_SHAPES).state_dict()
+    ours = module.model.encoder.state_dict()
+    assert ours.keys() == shipped.keys() and all(torch.equal(ours[k], shipped[k]) for k in ours)

@@ -11,3 +11,10 @@ SHAPES_TOKENIZER = ASSETS / "shapes_tokenizer.model"
 # the quickstart's frozen SAM. Rebuild with `evf pretrain-sam` (evf/tools/pretrain_sam.py); its
 # report (steps, time, point/box mIoU) is the .json beside it.
 SAM_TINY_SHAPES = ASSETS / "sam_tiny_shapes.pt"
+# The tiny encoders pretrained on shapes captions by their families' objectives (`evf pretrain-encoder`,
+# evf/tools/pretrain_encoder.py; each card, the .json beside it, gives objective, data, steps, probe
+# numbers and the command): BEIT-3 masked data modelling (the quickstart's encoder), CLIP
+# contrastive, ViLT matching + masked language modelling (a transformers directory with its vocab.txt).
+BEIT3_TINY_SHAPES = ASSETS / "beit3_tiny_shapes.pth"
+CLIP_TINY_SHAPES = ASSETS / "clip_tiny_shapes.pt"
+VILT_TINY_SHAPES = ASSETS / "vilt_tiny_shapes"

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evf.checkpoint import CheckpointFormat, Rule
+from evf.checkpoint import CheckpointFormat, Rule, load_checkpoint, read_state_dict
 from evf.encoders import create_encoder
-from evf.encoders.clip import CLIPEncoder
+from evf.encoders.clip import CLIPEncoder, open_clip_format
 from evf.encoders.pretraining import CaptionBatch, PretrainObjective
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -57,11 +57,15 @@ class CLIPContrastive(PretrainObjective):
     def retrieval_scores(self, batch: CaptionBatch) -> torch.Tensor:
         return self.similarities(batch)
 
-    def save_encoder(self, path: Path) -> Path:
+    def save(self, path: Path) -> Path:
         state = TO_OPEN_CLIP.remap(self.encoder.state_dict(), "pretrained CLIP")
-        state["logit_scale"] = self.logit_scale.detach().clone()
+        state["logit_scale"] = self.logit_scale.detach().clone()  # open_clip's own key: the only head
         torch.save({k: v.detach().clone() for k, v in state.items()}, path)
         return path
+
+    def load(self, path: Path) -> None:
+        load_checkpoint(self.encoder, path, open_clip_format("late"))
+        self.load_head_state({"logit_scale": read_state_dict(path)["logit_scale"]})
 
 
 def build_objective(encoder: str, tokenizer: str | Path | None = None) -> CLIPContrastive:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from evf.checkpoint import CheckpointError
 from evf.encoders.base import ENCODERS, MultimodalEncoder
 
 IGNORE = -100
@@ -58,9 +59,27 @@ class PretrainObjective(nn.Module, ABC):
         """The loss of one batch (``loss``) and its terms; ``gen`` draws every mask and negative."""
 
     @abstractmethod
-    def save_encoder(self, path: Path) -> Path:
-        """Write the encoder (not the heads) in the family's checkpoint format; returns what to pass
-        as the factory's ``checkpoint=`` (a file, or a directory for ViLT)."""
+    def save(self, path: Path) -> Path:
+        """Write the encoder in the family's checkpoint format, with the pretraining heads where that
+        format's loader does not look (so the file still loads strictly as an encoder); returns what to
+        pass as the factory's ``checkpoint=`` (a file, or a directory for ViLT)."""
+
+    @abstractmethod
+    def load(self, path: Path) -> None:
+        """Load what `save` wrote: the encoder through its family's strict loader, then the heads."""
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The pretraining heads' tensors (everything but the encoder)."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+
+    def load_head_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Strict: exactly the tensors `head_state` returns."""
+        ours = self.head_state()
+        if set(state) != set(ours):
+            raise CheckpointError(
+                f"pretraining heads: missing {sorted(set(ours) - set(state))}, unexpected {sorted(set(state) - set(ours))}"
+            )
+        self.load_state_dict({**self.state_dict(), **state})
 
     def masked_word_logits(self, batch: CaptionBatch, masked: torch.Tensor) -> torch.Tensor | None:
         """Logits ``[B,L,V]`` over the vocabulary with the positions of ``masked`` ``[B,L]`` bool replaced
@@ -107,8 +126,11 @@ OBJECTIVES: dict[str, str] = {
 """Family -> ``module:function(encoder_name, tokenizer) -> PretrainObjective``."""
 
 
-def build_objective(encoder: str, tokenizer: str | Path | None = None) -> PretrainObjective:
-    """The pretraining objective of a registered encoder's family, around a random-init encoder.
+def build_objective(
+    encoder: str, tokenizer: str | Path | None = None, pretrained: str | Path | None = None
+) -> PretrainObjective:
+    """The pretraining objective of a registered encoder's family, around a random-init encoder, or
+    with encoder and heads from what `PretrainObjective.save` wrote to ``pretrained``.
 
     Raises:
         ValueError: the encoder's family has no pretraining objective.
@@ -119,7 +141,10 @@ def build_objective(encoder: str, tokenizer: str | Path | None = None) -> Pretra
             f"no pretraining objective for {encoder!r} (family {family!r}); families: {', '.join(OBJECTIVES)}"
         )
     module, function = OBJECTIVES[family].split(":")
-    return getattr(importlib.import_module(module), function)(encoder, tokenizer)
+    objective = getattr(importlib.import_module(module), function)(encoder, tokenizer)
+    if pretrained is not None:
+        objective.load(Path(pretrained))
+    return objective
 
 
 __all__ = [

@@ -21,13 +21,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from evf.checkpoint import CheckpointError
 
 from evf.encoders import create_encoder
 from evf.encoders.pretraining import IGNORE, CaptionBatch, PretrainObjective, whole_word_mask, word_numbers
-from evf.encoders.vilt import ViltEncoder
+from evf.encoders.vilt import ViltEncoder, load_vilt_directory
 
 MASK_RATE, SWAP_RATE = 0.15, 0.5
+HEADS_FILE = "pretraining_heads.safetensors"  # beside the weights: the ViLT loader reads only those
 
 
 class ViltMatchingAndMLM(PretrainObjective):
@@ -91,11 +95,18 @@ class ViltMatchingAndMLM(PretrainObjective):
         hidden = self._run(batch, ids, batch.attention_mask).last_hidden_state[:, : ids.shape[1]]
         return self.transform(hidden) @ self.encoder.vilt.embeddings.text_embeddings.word_embeddings.weight.T + self.bias
 
-    def save_encoder(self, path: Path) -> Path:
+    def save(self, path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         self.encoder.vilt.save_pretrained(str(path), safe_serialization=True)
         self.encoder.preprocessor.tokenizer.save(path)
+        save_file({k: v.contiguous() for k, v in self.head_state().items()}, str(path / HEADS_FILE))
         return path
+
+    def load(self, path: Path) -> None:
+        load_vilt_directory(self.encoder, path)
+        if not (path / HEADS_FILE).is_file():
+            raise CheckpointError(f"{path}: no {HEADS_FILE} (a ViLT directory, not one `evf pretrain-encoder` wrote)")
+        self.load_head_state(load_file(str(path / HEADS_FILE)))
 
 
 def build_objective(encoder: str, tokenizer: str | Path | None = None) -> ViltMatchingAndMLM:

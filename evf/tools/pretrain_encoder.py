@@ -329,7 +329,7 @@ def _pretrain(
         return None
     reached = probe(objective, probe_batcher) if probe_indices else {}
     out.parent.mkdir(parents=True, exist_ok=True)
-    written = objective.save_encoder(out)
+    written = objective.save(out)
     report = PretrainEncoderReport(
         encoder=encoder, objective=OBJECTIVE_NAMES[family], data=_describe(train_source, len(train_indices)),
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, seconds=round(seconds, 1), probe=reached,

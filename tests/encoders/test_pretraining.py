@@ -1,5 +1,6 @@
 """Each family's pretraining objective learns, and writes an encoder that its factory loads strictly."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -52,11 +53,14 @@ def test_the_written_encoder_loads_strictly_in_every_fusion_mode(name, tmp_path)
     with torch.no_grad():
         for p in objective.encoder.parameters():
             p.add_(torch.randn_like(p))  # differ from any random init
-    written = objective.save_encoder(tmp_path / ("out" if name == "vilt_tiny" else "out.pt"))
+    written = objective.save(tmp_path / ("out" if name == "vilt_tiny" else "out.pt"))
     trained = objective.encoder.state_dict()
     for fusion in MODES[name]:
         loaded = evf.create_encoder(name, checkpoint=written, tokenizer=tokenizer, fusion=fusion).state_dict()
         assert loaded and all(torch.equal(loaded[k], trained[k]) for k in loaded), fusion
+    again = build_objective(name, tokenizer, pretrained=written).state_dict()  # encoder and heads
+    assert again.keys() == objective.state_dict().keys()
+    assert all(torch.equal(again[k], v) for k, v in objective.state_dict().items())
 
 
 def test_beit3_masks_whole_words_and_predicts_them_from_the_image():
@@ -80,3 +84,47 @@ def test_beit3_masks_whole_words_and_predicts_them_from_the_image():
     )
     assert not torch.allclose(logits, swapped)  # the text side reads the image (every layer joint)
     assert objective.encoder.plan.normed == ("vision", TEXT)
+
+
+def test_beit3_masks_patches_in_blocks_and_predicts_their_quantised_colour():
+    from evf.encoders.beit3.pretraining import VISUAL_TOKENS, block_mask, visual_tokens
+
+    masks = block_mask(4, 8, 0.4, torch.Generator().manual_seed(1))
+    assert masks.shape == (4, 64) and all(26 <= int(m.sum()) <= 40 for m in masks)
+    assert not torch.equal(masks[0], masks[1])
+    pixels = torch.full((1, 3, 16, 16), -1.0)  # black, normalised to [-1, 1]
+    pixels[0, 0, :6, :8] = 1.0  # the top-left patch is red over 3/4 of it, black elsewhere
+    pixels[0, :, 8:, 8:] = 1.0  # the bottom-right patch is white
+    tokens = visual_tokens(pixels, patch_size=8)
+    red, black, white = 3 * 16, 0, VISUAL_TOKENS - 1
+    assert tokens.tolist() == [[red, black, black, white]]
+
+
+SHIPPED = {
+    "beit3_tiny": ("masked_colour_accuracy", "masked_shape_accuracy"),
+    "clip_tiny": ("image_to_text_r1", "text_to_image_r1"),
+    "vilt_tiny": ("masked_colour_accuracy", "itm_accuracy"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_each_shipped_encoder_loads_strictly_and_beats_its_random_init_on_the_probe(name):
+    from evf.assets import BEIT3_TINY_SHAPES, CLIP_TINY_SHAPES, VILT_TINY_SHAPES
+    from evf.tools.pretrain_encoder import probe
+
+    path = {"beit3_tiny": BEIT3_TINY_SHAPES, "clip_tiny": CLIP_TINY_SHAPES, "vilt_tiny": VILT_TINY_SHAPES}[name]
+    tokenizer = path if name == "vilt_tiny" else None
+    files = [path] if path.is_file() else list(path.iterdir())
+    assert files and sum(f.stat().st_size for f in files) <= 10 * 2**20
+    card = json.loads(path.with_name(f"{path.stem}.json").read_text())
+    assert card["encoder"] == name and card["command"].startswith("evf pretrain-encoder")
+    for fusion in MODES[name]:  # what a config's encoder_checkpoint does, in every mode
+        evf.create_encoder(name, checkpoint=path, tokenizer=tokenizer, fusion=fusion)
+    scenes = ShapesCaptions(20, seed=0, split="val")
+    numbers = {}
+    for label, pretrained in (("pretrained", path), ("random init", None)):
+        torch.manual_seed(0)
+        objective = build_objective(name, tokenizer, pretrained=pretrained)
+        numbers[label] = probe(objective, _Batcher(objective, scenes, list(range(20)), seed=1), batch_size=20)
+    for metric in SHIPPED[name]:
+        assert numbers["pretrained"][metric] >= numbers["random init"][metric] + 0.15, (metric, numbers)

@@ -155,11 +155,17 @@ class VisionEmbedding(nn.Module):
         num_patches = (img_size // patch_size) ** 2
         self.pos_embed = nn.Parameter(torch.zeros(POSITION_OFFSET + 1 + num_patches, dim))
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[B,3,E,E]`` -> ``[B,1+P,D]`` (CLS first)."""
+    def forward(self, pixels: torch.Tensor, masked: torch.Tensor | None = None, mask_token: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B,3,E,E]`` -> ``[B,1+P,D]`` (CLS first).
+
+        ``masked`` ``[B,P]`` bool replaces those patches by ``mask_token`` ``[D]`` before the positions
+        are added (masked image modelling in pretraining; EVF itself never masks).
+        """
         if pixels.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(f"expected images of {self.img_size}x{self.img_size}, got {tuple(pixels.shape)}")
         x = self.proj(pixels).flatten(2).transpose(1, 2)
+        if masked is not None:
+            x = torch.where(masked[..., None], mask_token.to(x.dtype), x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed[POSITION_OFFSET:]
 
@@ -301,8 +307,13 @@ class BEiT3Encoder(MultimodalEncoder):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         image_index: torch.Tensor,
+        masked_patches: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
     ) -> Tokens:
         """Final normalised tokens of the modalities the feature reads, one row per expression.
+
+        ``masked_patches`` ``[B,P]`` bool and ``mask_token`` ``[D]``: patches replaced before the
+        transformer (masked image modelling, `evf.encoders.beit3.pretraining`).
 
         Returns:
             ``vision``: ``[N,1+P,D]`` (CLS first) and/or ``text``: ``[N,L,D]`` (rows at padded
@@ -311,9 +322,8 @@ class BEiT3Encoder(MultimodalEncoder):
         text_valid = attention_mask.bool()
         tokens: Tokens = {}
         for p in self.plan.passes:
-            out = self._run(
-                self._embed(p.inputs, pixels, input_ids, attention_mask, image_index), text_valid, p
-            )
+            embedded = self._embed(p.inputs, pixels, input_ids, attention_mask, image_index, masked_patches, mask_token)
+            out = self._run(embedded, text_valid, p)
             if p.inputs == (VISION,):  # the image-only pass ran once per image
                 out = {VISION: out[VISION][image_index]}
             tokens.update(out)
@@ -365,12 +375,14 @@ class BEiT3Encoder(MultimodalEncoder):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         image_index: torch.Tensor,
+        masked_patches: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
     ) -> Tokens:
         """Embed the inputs of one pass; patches are embedded once per image and gathered per expression
         only for a joint pass."""
         xs: Tokens = {}
         if VISION in inputs:
-            xs[VISION] = self.vision_embed(pixels)
+            xs[VISION] = self.vision_embed(pixels, masked_patches, mask_token)
             if TEXT in inputs:
                 xs[VISION] = xs[VISION][image_index]
         if TEXT in inputs:
