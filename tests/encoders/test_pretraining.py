@@ -100,10 +100,10 @@ def test_beit3_masks_patches_in_blocks_and_predicts_their_quantised_colour():
     assert tokens.tolist() == [[red, black, black, white]]
 
 
-SHIPPED = {
-    "beit3_tiny": ("masked_colour_accuracy", "masked_shape_accuracy"),
-    "clip_tiny": ("image_to_text_r1", "text_to_image_r1"),
-    "vilt_tiny": ("masked_colour_accuracy", "itm_accuracy"),
+SHIPPED = {  # probe number -> the least gain over the random init on 20 held-out scenes
+    "beit3_tiny": {"mlm_accuracy": 0.5, "mim_accuracy": 0.5},
+    "clip_tiny": {"image_to_text_r1": 0.05, "text_to_image_r1": 0.05},
+    "vilt_tiny": {"mlm_accuracy": 0.4},
 }
 
 
@@ -126,5 +126,5 @@ def test_each_shipped_encoder_loads_strictly_and_beats_its_random_init_on_the_pr
         torch.manual_seed(0)
         objective = build_objective(name, tokenizer, pretrained=pretrained)
         numbers[label] = probe(objective, _Batcher(objective, scenes, list(range(20)), seed=1), batch_size=20)
-    for metric in SHIPPED[name]:
-        assert numbers["pretrained"][metric] >= numbers["random init"][metric] + 0.15, (metric, numbers)
+    for metric, gain in SHIPPED[name].items():
+        assert numbers["pretrained"][metric] >= numbers["random init"][metric] + gain, (metric, numbers)
