@@ -61,7 +61,7 @@ def test_the_quickstart_config_fits_from_the_cache_with_the_sam_frozen(tmp_path,
     assert state["evf_image_encoder"]["included"] is False
     assert state["hyper_parameters"]["encoder_checkpoint"] == "evf/assets/beit3_tiny_shapes.pth"
     out = capsys.readouterr().out
-    assert "epoch 1/12 step 3: val/ciou " in out and "fit: 3 steps in " in out
+    assert "epoch 1/8 step 3: val/ciou " in out and "fit: 3 steps in " in out
     assert "| shapes/val | position |" in out and "| all splits | all |" in out
 
 
