@@ -38,6 +38,7 @@ from evf.checkpoint import CheckpointError, CheckpointFormat, Rule, StateDict, l
 from evf.model import EVFSAM
 from evf.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from evf.pretrained import BACKEND_PREFIX, read_release_state
+from evf.sam2_compat import use_cpu_connected_components
 from evf.sam_backends.sam2 import Sam2Backend
 from evf.sam_backends.sam2_build import video_config
 from evf.sam_backends.sam2_checkpoints import RELEASE_LAYOUT, SAM2_CHECKPOINT
@@ -256,6 +257,7 @@ def build_video_predictor(
         raise VideoError(
             "video needs the SAM-2 image encoder; the backend was built without it (image_encoder=False)"
         )
+    use_cpu_connected_components()  # sam2's hole filling (fill_hole_area) without its CUDA extension
     config, overrides = video_config(backend.variant)
     target = f"++model._target_={TextVideoPredictor.__module__}.{TextVideoPredictor.__qualname__}"
     with torch.random.fork_rng(devices=[]):
