@@ -27,6 +27,7 @@ from evf.errors import UsageError
 from evf.inputs import collect_inputs
 from evf.lightning_compat import SubcommandArgumentsCLI
 from evf.module import EVFSAMModule
+from evf.run_summary import RunSummary
 from evf.video.errors import VideoError
 
 # Extra tools: name -> (module:function, one-line help). Each is a typed function run by jsonargparse,
@@ -73,6 +74,8 @@ class EVFCLI(SubcommandArgumentsCLI):
     * Data defaults to the embedded synthetic shapes dataset.
     * Our datamodules shard data across processes themselves (no padded duplicates in
       evaluation), so Lightning's sampler replacement is off.
+    * Every fit prints a line per validation when no progress bar shows progress, and a summary at
+      its end (`RunSummary`).
     * ``predict`` takes ``--image`` (file or folder, repeatable), ``--prompt`` (repeatable),
       ``--point x,y[,label]`` (repeatable) and ``--box x0,y0,x1,y1`` (joining every ``--prompt``,
       or a prompt of their own without one), ``--manifest`` and ``--output``.
@@ -84,7 +87,7 @@ class EVFCLI(SubcommandArgumentsCLI):
             EVFDataModule,
             subclass_mode_data=True,
             auto_configure_optimizers=False,
-            trainer_defaults={"use_distributed_sampler": False},
+            trainer_defaults={"use_distributed_sampler": False, "callbacks": [RunSummary()]},
             parser_kwargs={"epilog": tools_epilog(), "formatter_class": EpilogAsWrittenFormatter},
             save_config_callback=SaveFitConfig,
             save_config_kwargs={"overwrite": True},

@@ -1,9 +1,10 @@
 """`RunSummary`: what a newcomer wants to see of a fit without opening TensorBoard.
 
 After every validation it prints one line (epoch, step, pooled cIoU / gIoU, elapsed and estimated
-remaining time), so a log of a piped run shows progress too; at the end of the fit it prints the
-wall time, the training speed and the last validation's cIoU / gIoU per split and per expression
-kind (the ``val/<split>/<kind>/<metric>`` values `evf.evaluation` logs).
+remaining time) where no progress bar shows it (output not a terminal, or the bar off), so the log
+of a piped run shows progress too; at the end of the fit it prints the wall time, the training
+speed and the last validation's cIoU / gIoU per split and per expression kind (the
+``val/<split>/<kind>/<metric>`` values `evf.evaluation` logs). ``evf fit`` adds it to every run.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class RunSummary(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self._start is None:
             return
+        stream = self.stream or sys.stdout
+        if trainer.progress_bar_callback is not None and stream.isatty():
+            return  # the progress bar shows it
         metrics = trainer.callback_metrics
         steps = trainer.global_step - self._first_step
         total = trainer.estimated_stepping_batches - self._first_step
