@@ -14,6 +14,7 @@ from torchmetrics.aggregation import SumMetric
 from evf.batch import Batch
 from evf.decode import Prediction
 from evf.metrics import ReferringIoU, pooled
+from evf.results import StageResults
 
 log = logging.getLogger(__name__)
 
@@ -57,31 +58,34 @@ class EvaluationMetrics(nn.Module):
                 rows = torch.tensor([k == kind for k in kinds], device=target.device)
                 by_kind[kind].update(prediction.masks[rows], target[rows])
 
-    def results(
-        self, names: Sequence[str], prefix: str
-    ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    def results(self, names: Sequence[str], prefix: str) -> tuple[dict[str, float], StageResults]:
         """``<prefix>/<split>/<metric>``, ``<prefix>/<split>/<kind>/<metric>`` for the kinds met,
         ``<prefix>/<split>/skipped`` where items were skipped, and ``<prefix>/<metric>`` over every
-        split together; and the per-split values (for the results table). Synced across processes."""
-        per_split = {
-            name: {key: float(value) for key, value in metric.compute().items()}
-            for name, metric in zip(names, self.splits, strict=False)
+        split together (what is logged); and the same values by split, kind and metric (for the
+        results files). Synced across processes."""
+        stage = StageResults()
+        for name, metric in zip(names, self.splits, strict=False):
+            stage.per_split[name] = {key: float(value) for key, value in metric.compute().items()}
+        results = {
+            f"{prefix}/{name}/{key}": v for name, vals in stage.per_split.items() for key, v in vals.items()
         }
-        results = {f"{prefix}/{name}/{key}": v for name, vals in per_split.items() for key, v in vals.items()}
         for name, by_kind in zip(names, self.kinds, strict=False):
             for kind, metric in by_kind.items():
                 values = metric.compute()  # synced: the same on every process, so is the skip below
                 if not values["giou"].isnan():  # a declared kind with no expression this time
+                    stage.per_kind.setdefault(name, {})[kind] = {key: float(v) for key, v in values.items()}
                     results.update({f"{prefix}/{name}/{kind}/{key}": float(v) for key, v in values.items()})
         for name, counter in zip(names, self.skipped, strict=False):
             count = int(counter.compute())
             if count:
+                stage.skipped[name] = count
                 results[f"{prefix}/{name}/skipped"] = float(count)
                 log.warning("%s/%s: %d unreadable item(s) skipped, not evaluated", prefix, name, count)
-        if per_split:
+        if stage.per_split:
             overall = pooled(list(self.splits)[: len(names)]).compute()
-            results.update({f"{prefix}/{key}": float(value) for key, value in overall.items()})
-        return results, per_split
+            stage.pooled = {key: float(value) for key, value in overall.items()}
+            results.update({f"{prefix}/{key}": v for key, v in stage.pooled.items()})
+        return results, stage
 
 
 __all__ = ["EvaluationMetrics"]

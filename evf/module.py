@@ -291,16 +291,16 @@ class EVFSAMModule(L.LightningModule):
         ``<prefix>/<metric>`` over every split together, what configs monitor: it exists whatever
         the data), each with its ``hp/`` copy; rank 0 writes the results table."""
         metrics = self.val_metrics if prefix == "val" else self.test_metrics
-        results, per_split = metrics.results(self._split_names(stage), prefix)
+        results, values = metrics.results(self._split_names(stage), prefix)
         self.log_dict(results, add_dataloader_idx=False, sync_dist=False)
-        if self.trainer.sanity_checking or not self.trainer.is_global_zero or not per_split:
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero or not values.per_split:
             return results
         for logger in self.loggers:  # the HParams view's metrics (not in callback_metrics / results)
             if isinstance(logger, TensorBoardLogger):
                 logger.log_metrics({f"hp/{k}": v for k, v in results.items()}, step=self.global_step)
         log_dir = getattr(self.logger, "log_dir", None)
         if log_dir:
-            write_results(per_split, stage, log_dir, model=f"{self.hparams.encoder} + {self.hparams.backend}")
+            write_results(values, stage, log_dir, model=f"{self.hparams.encoder} + {self.hparams.backend}")
         return results
 
     def _log_hparams(self, stage: str, prefix: str) -> None:

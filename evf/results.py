@@ -5,9 +5,13 @@ When all eight RefCOCO-family splits of the paper's Table 2 ran (the names of
 table has Table 2's columns: RefCOCO val/testA/testB, RefCOCO+ val/testA/testB, RefCOCOg val/test,
 and AVG (their mean), once for cIoU (the paper's number) and once for gIoU; any further splits get a
 generic table below. Other split sets get one generic table of whatever ran, AVG over all of them.
-When some split had no-target expressions (gRefCOCO, generalized shapes), a last table lists ReLA's
-gRefCOCO columns per split: cIoU, gIoU, N-acc, T-acc, Pr@0.7/0.8/0.9. Values are percentages with
-one decimal, as in the paper; the JSON keeps the raw fractions (every metric under ``metrics``).
+When some split had no-target expressions (gRefCOCO, generalized shapes), a table lists ReLA's
+gRefCOCO columns per split: cIoU, gIoU, N-acc, T-acc, Pr@0.7/0.8/0.9. Then every split's metrics
+per expression kind (when its data declares kinds), the items skipped as unreadable per split, and
+every split pooled. Values are percentages with one decimal, as in the paper, "–" where undefined
+(a kind without targets has no Pr@0.7); the JSON keeps the raw fractions (every metric of a split
+under ``metrics``, per kind under ``per_kind``, ``skipped``, ``pooled``), ``null`` where undefined:
+neither file ever holds NaN.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,32 @@ Results = Mapping[str, Mapping[str, float]]
 in [0, 1]."""
 
 
+@dataclass
+class StageResults:
+    """One evaluation's values: per split, per split and expression kind, items skipped per split
+    (only splits that skipped some), and every split pooled."""
+
+    per_split: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_kind: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    pooled: dict[str, float] = field(default_factory=dict)
+
+
+def _stage(results: Results | StageResults) -> StageResults:
+    if isinstance(results, StageResults):
+        return results
+    return StageResults(per_split={s: dict(v) for s, v in results.items()})
+
+
+def _defined(value: Any) -> Any:
+    """NaN -> None, recursively (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {k: _defined(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 def layout(results: Results) -> tuple[str, list[str], list[str]]:
     """``("table2" | "generic", columns of the main table, splits of the extra table)``."""
     if all(split in results for split in TABLE2_SPLITS):
@@ -40,10 +71,13 @@ def layout(results: Results) -> tuple[str, list[str], list[str]]:
     return "generic", list(results), []
 
 
-def results_record(results: Results, stage: str, model: str) -> dict[str, Any]:
-    """The JSON record: layout, columns, every split's metrics and the AVG of the main columns."""
+def results_record(results: Results | StageResults, stage: str, model: str) -> dict[str, Any]:
+    """The JSON record: layout, columns, every split's metrics and the AVG of the main columns, the
+    metrics per kind, the skipped counts and the pooled metrics; undefined values are None."""
+    values = _stage(results)
+    results = values.per_split
     kind, columns, extra = layout(results)
-    return {
+    return _defined({
         "stage": stage,
         "model": model,
         "layout": kind,
@@ -52,11 +86,17 @@ def results_record(results: Results, stage: str, model: str) -> dict[str, Any]:
         **{m: {s: float(results[s][m]) for s in results} for m in METRICS},
         "avg": {m: _mean(results[s][m] for s in columns) for m in METRICS},
         "metrics": {s: {m: float(v) for m, v in results[s].items()} for s in results},
-    }
+        "per_kind": values.per_kind,
+        "skipped": values.skipped,
+        "pooled": values.pooled,
+    })  # fmt: skip
 
 
-def results_markdown(results: Results, stage: str, model: str) -> str:
-    """One table per metric in the `layout`, plus a generic table of the extra splits."""
+def results_markdown(results: Results | StageResults, stage: str, model: str) -> str:
+    """One table per metric in the `layout`, a generic table of the extra splits, then the
+    generalized metrics, the metrics per kind, skipped items and the pooled metrics."""
+    values = _stage(results)
+    results = values.per_split
     kind, columns, extra = layout(results)
     title = "Table 2 layout (paper)" if kind == "table2" else "splits that ran"
     lines = [f"# Results: {stage} ({title})", ""]
@@ -75,19 +115,45 @@ def results_markdown(results: Results, stage: str, model: str) -> str:
         lines += ["## Generalized referring (ReLA's gRefCOCO metrics)", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
         for split in generalized:
-            values = [_percent(results[split].get(m, float("nan"))) for m in GENERALIZED]
-            lines.append("| " + " | ".join([_title(split), *values]) + " |")
+            cells = [_percent(results[split].get(m, float("nan"))) for m in GENERALIZED]
+            lines.append("| " + " | ".join([_title(split), *cells]) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _details(values))
 
 
-def write_results(results: Results, stage: str, directory: str | Path, model: str) -> tuple[Path, Path]:
+def _details(values: StageResults) -> list[str]:
+    """Markdown of the metrics per kind, the skipped items and the pooled metrics."""
+    lines: list[str] = []
+    metrics = [m for m in GENERALIZED if any(m in v for k in values.per_kind.values() for v in k.values())]
+    if values.per_kind:
+        header = ["Split", "Kind", *(GENERALIZED[m] for m in metrics)]
+        lines += ["## Per expression kind", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for split, kinds in values.per_kind.items():
+            for kind, numbers in sorted(kinds.items()):
+                cells = [_percent(numbers.get(m, float("nan"))) for m in metrics]
+                lines.append("| " + " | ".join([_title(split), kind, *cells]) + " |")
+        lines.append("")
+    if values.skipped:
+        lines += ["## Skipped (unreadable, not evaluated)", "", "| Split | Items |", "|---|---|"]
+        lines += [f"| {_title(split)} | {count} |" for split, count in values.skipped.items()]
+        lines.append("")
+    if values.pooled:
+        names = [m for m in GENERALIZED if m in values.pooled]
+        header = "| " + " | ".join(GENERALIZED[m] for m in names) + " |"
+        row = "| " + " | ".join(_percent(values.pooled[m]) for m in names) + " |"
+        lines += ["## Every split pooled", "", header, "|" + "---|" * len(names), row, ""]
+    return lines
+
+
+def write_results(
+    results: Results | StageResults, stage: str, directory: str | Path, model: str
+) -> tuple[Path, Path]:
     """Write ``<directory>/results_<stage>.md`` and ``.json``; returns both paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     md, js = directory / f"results_{stage}.md", directory / f"results_{stage}.json"
     md.write_text(results_markdown(results, stage, model))
-    js.write_text(json.dumps(results_record(results, stage, model), indent=2) + "\n")
+    js.write_text(json.dumps(results_record(results, stage, model), indent=2, allow_nan=False) + "\n")
     return md, js
 
 
@@ -114,4 +180,4 @@ def _percent(value: float) -> str:
     return "–" if math.isnan(value) else f"{100 * value:.1f}"
 
 
-__all__ = ["TABLE2_SPLITS", "layout", "results_markdown", "results_record", "write_results"]
+__all__ = ["TABLE2_SPLITS", "StageResults", "layout", "results_markdown", "results_record", "write_results"]

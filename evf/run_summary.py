@@ -76,7 +76,9 @@ class RunSummary(Callback):
         table["all splits", "all"] = {m: metrics[f"val/{m}"] for m in METRICS if f"val/{m}" in metrics}
         if not any(table.values()):
             return
-        self._print("\nlast validation, per expression kind:\n\n| split | kind | cIoU | gIoU |\n|---|---|---|---|")
+        self._print(
+            "\nlast validation, per expression kind:\n\n| split | kind | cIoU | gIoU |\n|---|---|---|---|"
+        )
         for (split, kind), values in sorted(table.items(), key=lambda x: (x[0][0] == "all splits", x[0])):
             cells = [f"{values[m]:.3f}" if m in values else "–" for m in METRICS]
             self._print(f"| {split} | {kind} | {' | '.join(cells)} |")

@@ -77,3 +77,46 @@ def test_validate_and_test_write_the_table2_results_of_every_split(tmp_path, sta
     assert record["layout"] == "table2"
     assert record["ciou"] == {s: pytest.approx(metrics[f"{prefix}/{s}/ciou"]) for s in TABLE2_SPLITS}
     assert HEADER in (tmp_path / "eval" / "version_0" / f"results_{stage}.md").read_text()
+
+
+def test_the_files_hold_every_kind_skipped_counts_and_the_pooled_metrics_never_nan(tmp_path):
+    from evf.results import StageResults
+
+    values = StageResults(
+        per_split={"shapes/val": {"ciou": 0.4, "giou": 0.5, "n_acc": 0.7}},
+        per_kind={"shapes/val": {"colour": {"ciou": 0.3, "giou": 0.35, "pr@0.7": 0.2},
+                                 "absent_colour": {"ciou": 0.0, "giou": 0.7, "pr@0.7": float("nan")}}},
+        skipped={"shapes/val": 2},
+        pooled={"ciou": 0.4, "giou": 0.5},
+    )  # fmt: skip
+    md_path, json_path = write_results(values, "validate", tmp_path, "m")
+    text = json_path.read_text()
+    assert "NaN" not in text
+    record = json.loads(text)
+    assert record["per_kind"]["shapes/val"]["absent_colour"]["pr@0.7"] is None
+    assert record["per_kind"]["shapes/val"]["colour"] == {"ciou": 0.3, "giou": 0.35, "pr@0.7": 0.2}
+    assert record["skipped"] == {"shapes/val": 2} and record["pooled"] == {"ciou": 0.4, "giou": 0.5}
+    md = md_path.read_text()
+    assert (
+        "| shapes/val | absent_colour | 0.0 | 70.0 | – |" in md
+        and "| shapes/val | colour | 30.0 | 35.0 | 20.0 |" in md
+    )
+    assert "| shapes/val | 2 |" in md and "nan" not in md.lower()
+
+
+def test_a_validation_writes_every_kind_it_logged(tmp_path):
+    module = EVFSAMModule("beit3_tiny", "sam_tiny", num_logged_images=0)
+    data = ShapesDataModule(num_train=1, num_val=2, eval_batch_size=2, num_workers=0)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="eval"), enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False,
+    )  # fmt: skip
+    (logged,) = trainer.validate(module, datamodule=data)
+    record = json.loads((tmp_path / "eval" / "version_0" / "results_validate.json").read_text())
+    kinds = {k.split("/")[-2] for k in logged if k.count("/") == 4 and k.endswith("/ciou")}
+    assert kinds and set(record["per_kind"]["shapes/val"]) == kinds
+    for kind in kinds:
+        assert record["per_kind"]["shapes/val"][kind]["ciou"] == pytest.approx(
+            logged[f"val/shapes/val/{kind}/ciou"]
+        )
+    assert record["pooled"]["ciou"] == pytest.approx(logged["val/ciou"])

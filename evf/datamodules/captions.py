@@ -149,7 +149,9 @@ class CocoCaptions(_FileCaptions):
             data = json.loads(annotations.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise DataError(f"{annotations}:{error.lineno}: not valid JSON ({error.msg})") from None
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), list) for k in ("images", "annotations")
+        ):
             raise DataError(f"{annotations}: expected COCO captions with 'images' and 'annotations' lists")
         files: dict[int, str] = {}
         for k, image in enumerate(data["images"]):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,9 +75,8 @@ class PretrainObjective(nn.Module, ABC):
         """Strict: exactly the tensors `head_state` returns."""
         ours = self.head_state()
         if set(state) != set(ours):
-            raise CheckpointError(
-                f"pretraining heads: missing {sorted(set(ours) - set(state))}, unexpected {sorted(set(state) - set(ours))}"
-            )
+            missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+            raise CheckpointError(f"pretraining heads: missing {missing}, unexpected {unexpected}")
         self.load_state_dict({**self.state_dict(), **state})
 
     def masked_word_logits(self, batch: CaptionBatch, masked: torch.Tensor) -> torch.Tensor | None:

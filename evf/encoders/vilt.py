@@ -156,8 +156,8 @@ class ViltTokenizer:
         return list(self._hf.all_special_ids)
 
     def save(self, directory: Path) -> None:
-        """Write the vocabulary as BERT's ``vocab.txt`` (one piece per line, in id order) into ``directory``.
-        (transformers 5's ``save_vocabulary`` writes a ``tokenizer.model`` that older versions cannot read.)"""
+        """Write the vocabulary as BERT's ``vocab.txt`` (one piece per line, in id order) into
+        ``directory``. (transformers 5's ``save_vocabulary`` writes a ``tokenizer.model`` instead.)"""
         (Path(directory) / "vocab.txt").write_text("\n".join(self.pieces()) + "\n", encoding="utf-8")
 
     def lengths(self, texts: Sequence[str]) -> list[int]:

@@ -25,7 +25,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from evf.checkpoint import CheckpointError
-
 from evf.encoders import create_encoder
 from evf.encoders.pretraining import IGNORE, CaptionBatch, PretrainObjective, whole_word_mask, word_numbers
 from evf.encoders.vilt import ViltEncoder, load_vilt_directory
@@ -37,7 +36,9 @@ HEADS_FILE = "pretraining_heads.safetensors"  # beside the weights: the ViLT loa
 class ViltMatchingAndMLM(PretrainObjective):
     """A ViLT in its joint (``early``) mode with an image-text matching head and an MLM head."""
 
-    def __init__(self, encoder: ViltEncoder, mask_rate: float = MASK_RATE, swap_rate: float = SWAP_RATE) -> None:
+    def __init__(
+        self, encoder: ViltEncoder, mask_rate: float = MASK_RATE, swap_rate: float = SWAP_RATE
+    ) -> None:
         super().__init__()
         if encoder.fusion != "early":
             raise ValueError("ViLT pretraining reads image and text together: build it with fusion='early'")
@@ -45,7 +46,9 @@ class ViltMatchingAndMLM(PretrainObjective):
         config = encoder.vilt.config
         dim = config.hidden_size
         self.itm_head = nn.Linear(dim, 2)
-        self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=config.layer_norm_eps))
+        self.transform = nn.Sequential(
+            nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        )
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         tokenizer = encoder.preprocessor.tokenizer
         pieces = tokenizer.pieces()
@@ -81,7 +84,9 @@ class ViltMatchingAndMLM(PretrainObjective):
             "itm_accuracy": (matching.argmax(-1) == (~swapped).long()).float().mean(),
         }
 
-    def _swap(self, batch: CaptionBatch, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _swap(
+        self, batch: CaptionBatch, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Swap a ``swap_rate`` share of the captions for another image's: ``[B]`` bool, ids, mask."""
         n = len(batch.input_ids)
         swapped = torch.rand(n, generator=gen) < self.swap_rate
@@ -93,7 +98,10 @@ class ViltMatchingAndMLM(PretrainObjective):
     def masked_word_logits(self, batch: CaptionBatch, masked: torch.Tensor) -> torch.Tensor:
         ids = batch.input_ids.masked_fill(masked, self.mask_id)
         hidden = self._run(batch, ids, batch.attention_mask).last_hidden_state[:, : ids.shape[1]]
-        return self.transform(hidden) @ self.encoder.vilt.embeddings.text_embeddings.word_embeddings.weight.T + self.bias
+        return (
+            self.transform(hidden) @ self.encoder.vilt.embeddings.text_embeddings.word_embeddings.weight.T
+            + self.bias
+        )
 
     def save(self, path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
@@ -105,7 +113,9 @@ class ViltMatchingAndMLM(PretrainObjective):
     def load(self, path: Path) -> None:
         load_vilt_directory(self.encoder, path)
         if not (path / HEADS_FILE).is_file():
-            raise CheckpointError(f"{path}: no {HEADS_FILE} (a ViLT directory, not one `evf pretrain-encoder` wrote)")
+            raise CheckpointError(
+                f"{path}: no {HEADS_FILE} (a ViLT directory, not one `evf pretrain-encoder` wrote)"
+            )
         self.load_head_state(load_file(str(path / HEADS_FILE)))
 
 

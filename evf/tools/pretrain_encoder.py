@@ -95,7 +95,9 @@ def _sources(
             raise UsageError(f"{captions}: COCO captions need --images, the folder of their images")
         source = CocoCaptions(captions, images)
     else:
-        raise UsageError(f"--captions {captions}: expected a .jsonl of image-caption lines or COCO captions_*.json")
+        raise UsageError(
+            f"--captions {captions}: expected a .jsonl of image-caption lines or COCO captions_*.json"
+        )
     held_out = min(num_probe, len(source) // 5)  # the last pairs are the probe's, never trained on
     indices = list(range(len(source)))
     return source, source, indices[: len(source) - held_out], indices[len(source) - held_out :]
@@ -104,7 +106,9 @@ def _sources(
 class _Batcher:
     """Caption batches of a source, a pure function of ``(seed, step)``; shapes pixels are kept."""
 
-    def __init__(self, objective: PretrainObjective, source: CaptionSource, indices: list[int], seed: int) -> None:
+    def __init__(
+        self, objective: PretrainObjective, source: CaptionSource, indices: list[int], seed: int
+    ) -> None:
         self.preprocessor = objective.encoder.preprocessor
         self.source, self.indices, self.seed = source, indices, seed
         self._pixels: dict[int, torch.Tensor] | None = {} if isinstance(source, ShapesCaptions) else None
@@ -256,7 +260,9 @@ def pretrain_encoder(
     if threads:
         torch.set_num_threads(threads)
     deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)  # multi-threaded CPU backward is otherwise not bitwise repeatable
+    torch.use_deterministic_algorithms(
+        True
+    )  # multi-threaded CPU backward is otherwise not bitwise repeatable
     try:
         return _pretrain(
             encoder, family, out, captions, images, tokenizer, steps, batch_size, lr, warmup_steps,
@@ -309,7 +315,9 @@ def _pretrain(
     objective.train()
     began = time.perf_counter()
     last = steps if stop_after is None else min(steps, start + stop_after)
-    bar = tqdm(range(start, last), desc=f"pretrain {encoder}", initial=start, total=steps, disable=not progress)
+    bar = tqdm(
+        range(start, last), desc=f"pretrain {encoder}", initial=start, total=steps, disable=not progress
+    )
     for step in bar:
         torch.manual_seed(seed * 1_000_003 + step)  # ViLT's patch sampling draws from the global RNG
         batch = batcher.batch(batcher.indices_of_step(step, batch_size), step)
@@ -322,7 +330,15 @@ def _pretrain(
             bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in terms.items()})
         done = step + 1
         if done % save_every == 0 or done == last:
-            _save_state(state_file, objective, optimizer, schedule, done, seconds + time.perf_counter() - began, baseline)
+            _save_state(
+                state_file,
+                objective,
+                optimizer,
+                schedule,
+                done,
+                seconds + time.perf_counter() - began,
+                baseline,
+            )
     seconds += time.perf_counter() - began
     if last < steps:
         print(f"stopped at step {last} of {steps}; rerun the same command to continue", file=sys.stderr)
@@ -364,7 +380,11 @@ def _describe(source: CaptionSource, count: int) -> str:
 
 
 def _size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
 
 
 def _command() -> str:

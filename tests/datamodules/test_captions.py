@@ -73,8 +73,8 @@ def test_a_bad_jsonl_line_is_refused_naming_the_file_and_line(tmp_path, line, me
 
 def test_coco_captions_read_and_refuse_bad_records(tmp_path):
     _image(tmp_path / "images" / "1.jpg")
-    data = {"images": [{"id": 1, "file_name": "1.jpg"}],
-            "annotations": [{"id": 7, "image_id": 1, "caption": "A cat."}, {"id": 8, "image_id": 1, "caption": "x"}]}  # fmt: skip
+    annotations = [{"id": 7, "image_id": 1, "caption": "A cat."}, {"id": 8, "image_id": 1, "caption": "x"}]
+    data = {"images": [{"id": 1, "file_name": "1.jpg"}], "annotations": annotations}
     path = tmp_path / "captions_train2017.json"
     path.write_text(json.dumps(data))
     source = CocoCaptions(path, tmp_path / "images")

@@ -14,7 +14,11 @@ from evf.encoders.pretraining import build_objective, whole_word_mask, word_numb
 from evf.tools.pretrain_encoder import _Batcher
 
 FAMILIES = ("beit3_tiny", "clip_tiny", "vilt_tiny")
-MODES = {"beit3_tiny": ("text", "late", "early"), "clip_tiny": ("text", "late"), "vilt_tiny": ("text", "late", "early")}
+MODES = {
+    "beit3_tiny": ("text", "late", "early"),
+    "clip_tiny": ("text", "late"),
+    "vilt_tiny": ("text", "late", "early"),
+}
 
 
 def _tokenizer(name: str, tmp_path: Path) -> Path | None:
@@ -112,7 +116,9 @@ def test_each_shipped_encoder_loads_strictly_and_beats_its_random_init_on_the_pr
     from evf.assets import BEIT3_TINY_SHAPES, CLIP_TINY_SHAPES, VILT_TINY_SHAPES
     from evf.tools.pretrain_encoder import probe
 
-    path = {"beit3_tiny": BEIT3_TINY_SHAPES, "clip_tiny": CLIP_TINY_SHAPES, "vilt_tiny": VILT_TINY_SHAPES}[name]
+    path = {"beit3_tiny": BEIT3_TINY_SHAPES, "clip_tiny": CLIP_TINY_SHAPES, "vilt_tiny": VILT_TINY_SHAPES}[
+        name
+    ]
     tokenizer = path if name == "vilt_tiny" else None
     files = [path] if path.is_file() else list(path.iterdir())
     assert files and sum(f.stat().st_size for f in files) <= 10 * 2**20

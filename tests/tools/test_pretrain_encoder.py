@@ -29,8 +29,15 @@ def test_a_resumed_run_writes_the_same_weights_as_an_uninterrupted_one(tmp_path)
     assert not (tmp_path / "resumed.pth.resume.pt").exists()  # removed once the weights are written
     assert resumed.probe == straight.probe and resumed.random_init_probe == straight.random_init_probe
     card = json.loads((tmp_path / "straight.json").read_text())
-    assert card["steps"] == 4 and card["file"] == "straight.pth" and "masked data modelling" in card["objective"]
-    assert set(card["probe"]) == {"masked_colour_accuracy", "masked_shape_accuracy", "mlm_accuracy"}
+    assert (
+        card["steps"] == 4 and card["file"] == "straight.pth" and "masked data modelling" in card["objective"]
+    )
+    assert set(card["probe"]) == {
+        "masked_colour_accuracy",
+        "masked_shape_accuracy",
+        "mlm_accuracy",
+        "mim_accuracy",
+    }
     random_init = evf.create_encoder("beit3_tiny").state_dict()
     loaded = evf.create_encoder("beit3_tiny", checkpoint=tmp_path / "straight.pth").state_dict()
     assert any(not torch.equal(loaded[k], random_init[k]) for k in loaded)

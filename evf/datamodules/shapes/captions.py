@@ -14,11 +14,11 @@ A caption is a pure function of the scene and a generator, so pretraining stays 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .expressions import COLOURS, SHAPES
-from collections.abc import Sequence
-
 from .scene import ShapeObject
 
 SIZE_WORDS = {"big": ("big", "large"), "small": ("small", "little"), "medium": ("", "")}
@@ -63,7 +63,9 @@ def _place_phrase(rng: np.random.Generator, row: str, column: str) -> str:
     if column == "middle":
         word = "upper" if row == "top" and rng.random() < 0.3 else row
         return str(rng.choice([f"at the {word}", f"in the {word} part", f"near the {word}"]))
-    return str(rng.choice([f"in the {row} {column}", f"in the {row} {column} corner", f"at the {row} {column}"]))
+    return str(
+        rng.choice([f"in the {row} {column}", f"in the {row} {column} corner", f"at the {row} {column}"])
+    )
 
 
 def _noun_phrase(rng: np.random.Generator, obj: ShapeObject, objects: Sequence[ShapeObject]) -> str:
@@ -158,10 +160,18 @@ def caption_scene(
 
 
 def probe_sentence(obj: ShapeObject, width: int, height: int) -> str:
-    """"there is a {colour} {shape} {place}": the fixed wording of the masked-word probes."""
+    """ "there is a {colour} {shape} {place}": the fixed wording of the masked-word probes."""
     row, column = place(obj, width, height)
-    where = "in the centre" if row == column == "middle" else (
-        f"on the {column}" if row == "middle" else f"at the {row}" if column == "middle" else f"in the {row} {column}"
+    where = (
+        "in the centre"
+        if row == column == "middle"
+        else (
+            f"on the {column}"
+            if row == "middle"
+            else f"at the {row}"
+            if column == "middle"
+            else f"in the {row} {column}"
+        )
     )
     return f"there is a {obj.colour} {obj.shape} {where}"
 

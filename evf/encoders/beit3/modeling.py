@@ -155,7 +155,9 @@ class VisionEmbedding(nn.Module):
         num_patches = (img_size // patch_size) ** 2
         self.pos_embed = nn.Parameter(torch.zeros(POSITION_OFFSET + 1 + num_patches, dim))
 
-    def forward(self, pixels: torch.Tensor, masked: torch.Tensor | None = None, mask_token: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, pixels: torch.Tensor, masked: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``[B,3,E,E]`` -> ``[B,1+P,D]`` (CLS first).
 
         ``masked`` ``[B,P]`` bool replaces those patches by ``mask_token`` ``[D]`` before the positions
@@ -322,7 +324,9 @@ class BEiT3Encoder(MultimodalEncoder):
         text_valid = attention_mask.bool()
         tokens: Tokens = {}
         for p in self.plan.passes:
-            embedded = self._embed(p.inputs, pixels, input_ids, attention_mask, image_index, masked_patches, mask_token)
+            embedded = self._embed(
+                p.inputs, pixels, input_ids, attention_mask, image_index, masked_patches, mask_token
+            )
             out = self._run(embedded, text_valid, p)
             if p.inputs == (VISION,):  # the image-only pass ran once per image
                 out = {VISION: out[VISION][image_index]}

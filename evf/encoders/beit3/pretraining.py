@@ -82,7 +82,9 @@ class BEiT3MaskedDataModelling(PretrainObjective):
     ) -> None:
         super().__init__()
         if encoder.fusion != "early" or TEXT not in encoder.plan.normed:
-            raise ValueError("masked data modelling needs a BEIT-3 built with fusion='early', feature='concat'")
+            raise ValueError(
+                "masked data modelling needs a BEIT-3 built with fusion='early', feature='concat'"
+            )
         self.encoder, self.mask_rate, self.patch_mask_rate = encoder, mask_rate, patch_mask_rate
         tokenizer = encoder.preprocessor.tokenizer
         dim = encoder.text_embed.tokens.embedding_dim
@@ -125,7 +127,12 @@ class BEiT3MaskedDataModelling(PretrainObjective):
         ids = batch.input_ids.masked_fill(masked, self.mask_id)
         index = torch.arange(len(ids), device=ids.device)
         return self.encoder.forward_tokens(
-            batch.pixels, ids, batch.attention_mask, index, patches, None if patches is None else self.mask_token
+            batch.pixels,
+            ids,
+            batch.attention_mask,
+            index,
+            patches,
+            None if patches is None else self.mask_token,
         )
 
     def _word_logits(self, text: torch.Tensor) -> torch.Tensor:
@@ -146,13 +153,19 @@ class BEiT3MaskedDataModelling(PretrainObjective):
         load_checkpoint(self.encoder, path, unilm_beit3_format(self.encoder.plan))
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if HEADS_KEY not in saved:
-            raise CheckpointError(f"{path}: no '{HEADS_KEY}' (an encoder file, not one `evf pretrain-encoder` wrote)")
-        self.load_head_state({**saved[HEADS_KEY], "mask_token": saved["model"]["beit3.vision_embed.mask_token"].flatten()})
+            raise CheckpointError(
+                f"{path}: no '{HEADS_KEY}' (an encoder file, not one `evf pretrain-encoder` wrote)"
+            )
+        self.load_head_state(
+            {**saved[HEADS_KEY], "mask_token": saved["model"]["beit3.vision_embed.mask_token"].flatten()}
+        )
 
 
 def build_objective(encoder: str, tokenizer: str | Path | None = None) -> BEiT3MaskedDataModelling:
     """Masked data modelling around a random-init ``encoder`` (a registered BEIT-3 name)."""
-    return BEiT3MaskedDataModelling(create_encoder(encoder, tokenizer=tokenizer, fusion="early", feature="concat"))
+    return BEiT3MaskedDataModelling(
+        create_encoder(encoder, tokenizer=tokenizer, fusion="early", feature="concat")
+    )
 
 
 __all__ = [
