@@ -27,6 +27,7 @@ from evf.errors import UsageError
 from evf.inputs import collect_inputs
 from evf.lightning_compat import SubcommandArgumentsCLI
 from evf.module import EVFSAMModule
+from evf.paths import PATH_KEYS
 from evf.run_summary import RunSummary
 from evf.video.errors import VideoError
 
@@ -95,6 +96,8 @@ class EVFCLI(SubcommandArgumentsCLI):
             run=run,
             **kwargs,
         )
+
+    explicit_model_keys = PATH_KEYS  # a path given now wins over the one the checkpoint stores
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"data": {"class_path": "evf.datamodules.ShapesDataModule"}})

@@ -47,3 +47,25 @@ class SubcommandArgumentsCLI(LightningCLI):
 
     def add_subcommand_arguments(self, parser: LightningArgumentParser, subcommand: str) -> None:
         """Add arguments to the parser of ``subcommand`` (``fit``, ``predict``, ...)."""
+
+    explicit_model_keys: tuple[str, ...] = ()
+    """``model.*`` keys whose value given on the command line or in a config file wins over the one a
+    ``--ckpt_path`` checkpoint stores (a one-line notice says so)."""
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI (private ``_parse_ckpt_path``) merges the hyperparameters of ``--ckpt_path``
+        over the parsed config, so a stored value replaces what the user gave; this keeps the user's
+        value of each of `explicit_model_keys` (a non-None value: their defaults are None)."""
+        subcommand = self.config.get("subcommand")
+        model = (self.config[subcommand].get("model") or {}) if subcommand else {}
+        given = {k: model.get(k) for k in self.explicit_model_keys if model.get(k) is not None}
+        super()._parse_ckpt_path()
+        if not given:
+            return
+        model = self.config[subcommand]["model"]
+        for key, value in given.items():
+            if model.get(key) != value:
+                print(
+                    f"evf: model.{key}: using {value} (given), not {model.get(key)} (stored in the checkpoint)"
+                )
+                model[key] = value

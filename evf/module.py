@@ -22,6 +22,7 @@ from evf.lora import LoraConfig
 from evf.losses import mask_losses, presence_loss
 from evf.model import EVFSAM, TrainableParts, create_model
 from evf.optim import OptimConfig, lr_schedule, param_groups
+from evf.paths import portable_path, resolve_path
 from evf.pretrained import ReleaseConfig, load_release_weights
 from evf.results import write_results
 from evf.run_checkpoint import check_adapters, check_presence_head
@@ -130,8 +131,19 @@ class EVFSAMModule(L.LightningModule):
         self.loss_weights = _as(LossWeights, loss)
         self.save_hyperparameters(logger=False)  # logged with their hp/ metrics by _log_hparams
         self._hparams_logged = False
+        # Paths are kept so that the checkpoint opens anywhere (evf.paths); the files are read now.
+        stored = {
+            "tokenizer": portable_path(tokenizer),
+            "encoder_checkpoint": portable_path(encoder_checkpoint),
+            "backend_checkpoint": portable_path(backend_checkpoint),
+            "init_from": portable_path(init_from),
+        }
+        tokenizer, encoder_checkpoint, backend_checkpoint, init_from = (
+            resolve_path(path, key) for key, path in stored.items()
+        )
         # Checkpoints keep plain dicts (readable with weights_only=True), not dataclass objects.
         self.hparams.update(
+            **stored,
             trainable=asdict(self.trainable),
             optim=asdict(self.optim),
             loss=asdict(self.loss_weights),
