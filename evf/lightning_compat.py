@@ -64,8 +64,7 @@ class SubcommandArgumentsCLI(LightningCLI):
             return
         model = self.config[subcommand]["model"]
         for key, value in given.items():
-            if model.get(key) != value:
-                print(
-                    f"evf: model.{key}: using {value} (given), not {model.get(key)} (stored in the checkpoint)"
-                )
+            stored = model.get(key)
+            if stored != value:
+                print(f"evf: model.{key}: using {value} (given), not {stored} (stored in the checkpoint)")
                 model[key] = value

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from evf.assets import ASSETS
-from evf.cli import main
 from evf.checkpoint import CheckpointError
+from evf.cli import main
 from evf.paths import portable_path, resolve_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +35,11 @@ def test_assets_are_stored_package_relative_and_other_paths_absolute(tmp_path, m
 def test_a_run_trained_in_one_folder_validates_and_predicts_from_another(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # the quickstart config names its assets relative to the repository root
     run = tmp_path / "run"
-    main(["fit", "--config", str(QUICKSTART), "--data.init_args.embedding_cache=null", "--trainer.max_steps=1",
-          "--data.init_args.num_train=2", "--data.init_args.num_val=1", "--data.init_args.batch_size=2",
-          "--data.init_args.num_workers=0", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-          f"--trainer.default_root_dir={run}", f"--trainer.logger.init_args.save_dir={run}"])  # fmt: skip
+    data = ["--data.init_args.num_train=2", "--data.init_args.num_val=1", "--data.init_args.batch_size=2",
+            "--data.init_args.num_workers=0", "--data.init_args.embedding_cache=null"]  # fmt: skip
+    main(["fit", "--config", str(QUICKSTART), *data, "--trainer.max_steps=1", "--trainer.accelerator=cpu",
+          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={run}",
+          f"--trainer.logger.init_args.save_dir={run}"])  # fmt: skip
     ckpt = next(run.rglob("last.ckpt"))
     stored = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert stored["backend_checkpoint"] == "evf/assets/sam_tiny_shapes.pt"
