@@ -152,3 +152,11 @@ def test_resumed_run_replays_the_same_remaining_draws(
         _datamodule(mixture_root, num_workers=workers), tmp_path / "resumed", max_steps=10, ckpt=ckpt
     )
     assert resumed == full[step:]
+
+
+def test_the_dataset_kind_literal_and_the_kinds_table_name_the_same_kinds():
+    from typing import get_args
+
+    from evf.datamodules.catalog import KINDS, DatasetKind
+
+    assert list(get_args(DatasetKind)) == list(KINDS)  # a kind in one but not the other fails here

@@ -103,3 +103,20 @@ def test_full_size_builds_on_the_meta_device(name, mode):
     with torch.device("meta"):
         encoder = evf.create_encoder(name, **MODES[ENCODERS.info(name).family][mode])
     assert encoder.feature_dim > 0 and all(p.is_meta for p in encoder.parameters())
+
+
+@pytest.mark.parametrize("family", ["beit3", "clip", "vilt"])
+def test_every_family_builder_has_the_signature_docs_adding_an_encoder_gives(family):
+    import importlib
+    import inspect
+
+    module = importlib.import_module(f"evf.encoders.{family}")
+    params = inspect.signature(getattr(module, f"_create_{family}")).parameters
+    assert list(params)[0] == "variant"
+    for name in ("tokenizer", "checkpoint"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default is None
+    assert params["fusion"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert list(params.values())[-1].kind is inspect.Parameter.VAR_KEYWORD  # **overrides
+    for name in evf.list_encoders(f"{family}_*"):
+        factory = inspect.signature(evf.encoders.ENCODERS.get(name).factory)
+        assert [p.kind for p in factory.parameters.values()] == [inspect.Parameter.VAR_KEYWORD], name
