@@ -120,6 +120,7 @@ class EVFCLI(SubcommandArgumentsCLI):
                 "default: the model's, 0.5).",
             )
         if subcommand == "predict":
+            parser.set_defaults({"trainer.logger": False})  # writes only under --output (no lightning_logs/)
             group = parser.add_argument_group("Prompted images")
             group.add_argument("--image", action="append", help="Image file or folder (repeatable).")
             group.add_argument("--prompt", action="append", help="Expression for every --image (repeatable).")

@@ -120,13 +120,14 @@ class EVFSAM(nn.Module):
         self.lora = config
         self.set_trainable(self.trainable)
 
-    def merge_lora(self) -> None:
+    def merge_lora(self) -> int:
         """Fold the adapters into the base weights and unwrap the layers: afterwards the model is a
-        plain one (its state dict has no adapter keys; the trainable flags mean whole parts again)."""
-        for module in self.parts().values():
-            merge_adapters(module)
+        plain one (its state dict has no adapter keys; the trainable flags mean whole parts again).
+        Returns the number of adapted layers merged (0 without adapters)."""
+        merged = sum(merge_adapters(module) for module in self.parts().values())
         self.lora = None
         self.set_trainable(self.trainable)
+        return merged
 
     def parts(self) -> dict[str, nn.Module]:
         """The parts that the trainable flags refer to (``presence_head`` only where there is one)."""

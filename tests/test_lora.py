@@ -210,10 +210,13 @@ def test_a_checkpoint_with_adapters_resumes_to_the_same_weights(lora_run, tmp_pa
 
 
 @pytest.mark.slow
-def test_evf_export_of_a_lora_checkpoint_loads_back_with_equal_logits(lora_run, tmp_path):
+def test_evf_export_of_a_lora_checkpoint_loads_back_with_equal_logits(lora_run, tmp_path, capsys):
     full, out = lora_run
     ckpt = next(out.glob("*step=4.ckpt"))
     main(["export", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "export")])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    layers = sum(n.endswith("lora_A.default.weight") for n, _ in full.model.named_parameters())
+    assert line.startswith(f"evf export: wrote {tmp_path / 'export'} (") and f", {layers} LoRA-adapted" in line
     loaded = evf.load_pretrained(tmp_path / "export", preprocessing="training")
     unmerged = EVFSAMModule.load_from_checkpoint(ckpt, map_location="cpu").model.eval()
     assert unmerged.lora is not None

@@ -57,8 +57,9 @@ def test_a_run_trained_in_one_folder_validates_and_predicts_from_another(tmp_pat
     )
     image = ROOT / "tests" / "fixtures" / "v0_checkpoint" / "images" / "a.png"
     main(["predict", f"--ckpt_path={ckpt}", f"--image={image}", "--prompt=the red circle",
-          f"--output={elsewhere / 'out'}", *QUIET])  # fmt: skip
+          f"--output={elsewhere / 'out'}", "--trainer.accelerator=cpu"])  # fmt: skip
     assert json.loads((elsewhere / "out" / "predictions.json").read_text())[0]["area"] >= 0
+    assert [p.name for p in elsewhere.iterdir()] == ["out"]  # predict writes only under --output
     capsys.readouterr()
     missing = elsewhere / "sam_copy.pt"
     with pytest.raises(SystemExit) as exit_:  # the given path wins: it is the one found missing

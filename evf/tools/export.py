@@ -67,9 +67,9 @@ def export(
     from evf.module import EVFSAMModule  # deferred: Lightning is only needed here
 
     module = EVFSAMModule.load_for_inference(ckpt_path, backend_checkpoint, tokenizer)
-    module.model.merge_lora()  # the released layout has no adapters: fold them in (no-op without)
+    merged = module.model.merge_lora()  # the released layout has no adapters: fold them in
     hp = module.hparams
-    return export_release(
+    written = export_release(
         module.model,
         output,
         hp.encoder,
@@ -78,6 +78,9 @@ def export(
         hp.backend_kwargs,
         overwrite=overwrite,
     )
+    adapters = f", {merged} LoRA-adapted layer(s) merged into their base weights" if merged else ""
+    print(f"evf export: wrote {written} ({hp.encoder} + {hp.backend}, released EVF-SAM layout{adapters})")
+    return written
 
 
 def export_release(
