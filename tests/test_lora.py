@@ -216,7 +216,8 @@ def test_evf_export_of_a_lora_checkpoint_loads_back_with_equal_logits(lora_run, 
     main(["export", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "export")])
     line = capsys.readouterr().out.strip().splitlines()[-1]
     layers = sum(n.endswith("lora_A.default.weight") for n, _ in full.model.named_parameters())
-    assert line.startswith(f"evf export: wrote {tmp_path / 'export'} (") and f", {layers} LoRA-adapted" in line
+    assert line.startswith(f"evf export: wrote {tmp_path / 'export'} (")
+    assert f", {layers} LoRA-adapted" in line
     loaded = evf.load_pretrained(tmp_path / "export", preprocessing="training")
     unmerged = EVFSAMModule.load_from_checkpoint(ckpt, map_location="cpu").model.eval()
     assert unmerged.lora is not None
