@@ -24,6 +24,7 @@ from evf.checkpoint import CheckpointError
 from evf.datamodules import DataError, EVFDataModule
 from evf.datamodules.predict import MaskWriter, PredictDataModule
 from evf.errors import UsageError
+from evf.io import ImageReadError
 from evf.inputs import collect_inputs
 from evf.lightning_compat import SubcommandArgumentsCLI
 from evf.module import EVFSAMModule
@@ -212,14 +213,24 @@ def _load_tool(target: str) -> Callable:
 
 # Errors that describe the user's input (a file, a key, a store), each with a message naming it: the
 # command line prints that message and exits 2, without a traceback (kept for bugs).
-ANTICIPATED = (CacheError, CheckpointError, DataError, UsageError, VideoError)
+ANTICIPATED = (CacheError, CheckpointError, DataError, ImageReadError, UsageError, VideoError)
+
+
+def one_line(err: Exception) -> str:
+    """The error's message; for one re-raised from a DataLoader worker (whose message carries the
+    worker's traceback), the original message only."""
+    message = str(err)
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith(f"{type(err).__module__}.") and ": " in last else last
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         _run(sys.argv[1:] if argv is None else argv)
     except ANTICIPATED as err:
-        print(f"evf: error: {err}", file=sys.stderr)
+        print(f"evf: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -29,17 +29,26 @@ class EvaluationMetrics(nn.Module):
         self.kinds = nn.ModuleList()  # per split: ModuleDict kind -> ReferringIoU
         self.skipped = nn.ModuleList()
 
-    def reset(self, num_splits: int, kinds: Sequence[Sequence[str]], device: torch.device) -> None:
+    def reset(
+        self,
+        num_splits: int,
+        kinds: Sequence[Sequence[str]],
+        device: torch.device,
+        index_skipped: Sequence[int] = (),
+    ) -> None:
         """Empty every metric for ``num_splits`` splits; ``kinds``: the kinds each split declares
-        (the same on every process, so their DDP sync matches)."""
+        (the same on every process, so their DDP sync matches); ``index_skipped``: per split, the
+        records dropped while its index was built, counted once (pass them on one process only)."""
         while len(self.splits) < num_splits:
             self.splits.append(ReferringIoU().to(device))
             self.skipped.append(SumMetric().to(device))
         for metric in self.splits:
             metric.reset()
-        for counter in self.skipped:
+        for split, counter in enumerate(self.skipped):
             counter.reset()
             counter.update(0.0)  # marks it updated on every process, so that compute() syncs everywhere
+            if split < len(index_skipped) and index_skipped[split]:
+                counter.update(float(index_skipped[split]))
         del self.kinds[:]
         for split_kinds in kinds:
             self.kinds.append(nn.ModuleDict({kind: pooled([]) for kind in split_kinds}).to(device))

@@ -296,7 +296,13 @@ class EVFSAMModule(L.LightningModule):
 
     def _reset_metrics(self, stage: str, prefix: str) -> None:
         metrics = self.val_metrics if prefix == "val" else self.test_metrics
-        metrics.reset(len(self._split_names(stage)), self._split_kinds(stage), self.device)
+        trainer = attached_trainer(self)
+        dm = None if trainer is None else trainer.datamodule
+        # every process built the same index: its dropped records are counted on one process
+        index_skipped = dm.split_index_skipped(stage) if hasattr(dm, "split_index_skipped") else []
+        if trainer is not None and not trainer.is_global_zero:
+            index_skipped = []
+        metrics.reset(len(self._split_names(stage)), self._split_kinds(stage), self.device, index_skipped)
 
     def _log_metrics(self, stage: str, prefix: str) -> dict[str, float]:
         """Log the stage's metrics (`EvaluationMetrics.results`: per split, per declared kind, and

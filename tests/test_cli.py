@@ -87,3 +87,27 @@ def test_an_anticipated_error_is_one_line_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert f"evf: error: {tmp_path / 'none'}: no embedding cache here" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_an_unreadable_image_ends_validate_in_one_line_also_from_a_worker(tmp_path, capsys):
+    import yaml
+
+    from tests.datamodules.custom_fixtures import write_jsonl_from_shapes
+
+    root = tmp_path / "data"
+    write_jsonl_from_shapes(root, {"val": 2})
+    image = root / "images" / "val_0001.png"
+    image.write_bytes(image.read_bytes()[:200])  # truncated
+    spec = {"kind": "referring_jsonl", "root": str(root), "split": "val"}
+    data = {"class_path": "evf.datamodules.MixtureDataModule", "init_args": {
+        "train": [spec], "val": [spec], "samples_per_epoch": 2, "eval_batch_size": 2, "num_workers": 1}}  # fmt: skip
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"data": data}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--config", str(tmp_path / "data.yaml"), "--model.encoder=beit3_tiny",
+              "--model.backend=sam_tiny", "--trainer.accelerator=cpu", "--trainer.logger=false",
+              "--trainer.enable_progress_bar=false"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("evf: error:")]
+    assert str(image) in line and "worker" not in line

@@ -272,6 +272,11 @@ class EVFDataModule(L.LightningDataModule, ABC):
     def split_names(self, stage: str) -> list[str]:
         return list(self.eval_datasets(stage))
 
+    def split_index_skipped(self, stage: str) -> list[int]:
+        """Per split of ``stage``, the records its dataset dropped while building its index (``skip``
+        mode): unreadable files that no batch will report, counted in the split's ``skipped``."""
+        return [getattr(dataset, "index_skipped", 0) for dataset in self.eval_datasets(stage).values()]
+
     def split_kinds(self, stage: str) -> list[tuple[str, ...]]:
         """Per split of ``stage``, the expression kinds its dataset declares (`EVFDataset.kind_names`)."""
         return [tuple(dataset.kind_names) for dataset in self.eval_datasets(stage).values()]

@@ -144,6 +144,7 @@ class FileDataset(EVFDataset):
         self.on_bad_sample = on_bad_sample
         self.augmenter = Augmenter() if augment else None
         self.skipped = 0
+        self.index_skipped = 0  # of which while the index was built (never reaches a batch)
         self.bad_records: list[str] = []  # what was skipped and why, in the order met
         self._stream = zlib.crc32(type(self).__name__.encode())
 
@@ -204,6 +205,7 @@ class FileDataset(EVFDataset):
         """A wrong record met while indexing: raises `DataError`, or (skip) logs and counts it."""
         if self.on_bad_sample == "error":
             raise DataError(message)
+        self.index_skipped += 1
         self._skip("record", DataError(message))
 
     def _skip(self, what: str, err: Exception) -> None:

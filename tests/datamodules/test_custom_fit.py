@@ -3,6 +3,7 @@ config, with the tiny model. In skip mode an unreadable validation image is coun
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,10 @@ def test_fit_on_a_user_format(tmp_path: Path, kind: str) -> None:
     root = tmp_path / "data"
     options = _write(kind, root)
     skip = kind == "referring_jsonl"
-    if skip:  # one validation image gone: evaluated never, counted once
+    if skip:  # one validation image gone and one line broken: evaluated never, each counted once
         (root / "images/val_0001.png").unlink()
+        with (root / "annotations.jsonl").open("a") as lines:  # dropped while the index is built
+            lines.write('{"image": "images/val_0000.png", "expressions": ["the red one"], "split": "val"}\n')
     spec = {"kind": kind, "root": str(root), "options": options}
     config = {
         "data": {
@@ -63,4 +66,6 @@ def test_fit_on_a_user_format(tmp_path: Path, kind: str) -> None:
     val = [row for row in rows if row.get(f"val/{kind}/val/ciou")]
     assert val, f"no validation metric for {kind}"
     skipped = val[-1].get(f"val/{kind}/val/skipped")
-    assert (float(skipped) == 1.0) if skip else not skipped
+    assert (float(skipped) == 2.0) if skip else not skipped
+    record = json.loads(next((tmp_path / "run").rglob("results_validate.json")).read_text())
+    assert record["skipped"] == ({f"{kind}/val": 2} if skip else {})
