@@ -24,8 +24,8 @@ from evf.checkpoint import CheckpointError
 from evf.datamodules import DataError, EVFDataModule
 from evf.datamodules.predict import MaskWriter, PredictDataModule
 from evf.errors import UsageError
-from evf.io import ImageReadError
 from evf.inputs import collect_inputs
+from evf.io import ImageReadError
 from evf.lightning_compat import SubcommandArgumentsCLI
 from evf.module import EVFSAMModule
 from evf.paths import PATH_KEYS

@@ -100,8 +100,8 @@ def test_an_unreadable_image_ends_validate_in_one_line_also_from_a_worker(tmp_pa
     image = root / "images" / "val_0001.png"
     image.write_bytes(image.read_bytes()[:200])  # truncated
     spec = {"kind": "referring_jsonl", "root": str(root), "split": "val"}
-    data = {"class_path": "evf.datamodules.MixtureDataModule", "init_args": {
-        "train": [spec], "val": [spec], "samples_per_epoch": 2, "eval_batch_size": 2, "num_workers": 1}}  # fmt: skip
+    options = {"train": [spec], "val": [spec], "samples_per_epoch": 2, "eval_batch_size": 2, "num_workers": 1}
+    data = {"class_path": "evf.datamodules.MixtureDataModule", "init_args": options}
     (tmp_path / "data.yaml").write_text(yaml.safe_dump({"data": data}))
     with pytest.raises(SystemExit) as exit_info:
         main(["validate", "--config", str(tmp_path / "data.yaml"), "--model.encoder=beit3_tiny",
