@@ -16,6 +16,10 @@ pixels from its first corner to its second, both included). Shapes of one label 
 ``group_id`` are one instance; a shape without one is an instance of its own. Labels become
 expressions through the templates of `evf.datamodules.categories` (``_`` becomes a space).
 Point and line shapes have no area: they are an error unless ``ignore_shape_types`` lists them.
+
+LabelMe's reserved labels never become expressions: ``__ignore__`` (void pixels) and
+``_background_`` (its labelme2voc / labelme2coco conventions), nor any label listed in
+``void_labels``; their shapes are counted (``void_shapes``, reported by ``evf data-check``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from evf.datamodules.coco import check_inside, load_json
 from evf.datamodules.common import DataError, OnBadSample, read_image, require, require_dir
 from evf.io import decode_rgb, read_rgb
 
+RESERVED_LABELS = ("__ignore__", "_background_")
+"""LabelMe's labels for void pixels and for the background: never an object to refer to."""
 AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
 """Shape types with an area (the others: ``point``, ``points``, ``line``, ``linestrip``)."""
 
@@ -125,6 +131,7 @@ class LabelMeDataset(CategoryDataset):
             e.g. ``{split}`` for one subfolder per split).
         templates, plural_templates, semantic, negatives: see `CategoryDataset`.
         ignore_shape_types: shape types to leave out (e.g. ``[point, line]``) instead of refusing them.
+        void_labels: labels that mark void regions, left out as `RESERVED_LABELS` are.
         seed, max_expressions, augment, on_bad_sample: see `evf.datamodules.common.FileDataset`.
     """
 
@@ -138,6 +145,7 @@ class LabelMeDataset(CategoryDataset):
         semantic: bool = False,
         negatives: int = 0,
         ignore_shape_types: Sequence[str] = (),
+        void_labels: Sequence[str] = (),
         seed: int = 0,
         max_expressions: int | None = 3,
         augment: bool = False,
@@ -149,6 +157,8 @@ class LabelMeDataset(CategoryDataset):
         )  # fmt: skip
         self.folder = require_dir(Path(root) / annotations.format(split=split), "LabelMe folder")
         self.ignore_shape_types = frozenset(ignore_shape_types)
+        self.void_labels = frozenset(RESERVED_LABELS) | frozenset(void_labels)
+        self.void_shapes = 0
         parsed = []
         for path in sorted(self.folder.glob("*.json")):
             try:
@@ -179,7 +189,11 @@ class LabelMeDataset(CategoryDataset):
                     f"{where}: shape_type {kind!r} has no area; EVF reads {', '.join(AREA_SHAPES)} "
                     "(list other types in the option ignore_shape_types to leave them out)"
                 )
-            label = clean_name(require(shape, "label", where))
+            raw = require(shape, "label", where)
+            if raw in self.void_labels:
+                self.void_shapes += 1
+                continue
+            label = clean_name(raw)
             if not label:
                 raise DataError(f"{where}: empty label")
             group = shape.get("group_id")

@@ -54,6 +54,7 @@ class SplitReport:
     words: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
+    void: int = 0
     preview: list[tuple[np.ndarray, np.ndarray, list[str]]] = field(default_factory=list)
 
     def add(self, sample: Sample, preview: int) -> None:
@@ -100,6 +101,7 @@ def read_split(name: str, dataset: EVFDataset, preview: int) -> SplitReport:
             report.add(item, preview)
     if isinstance(dataset, FileDataset):
         report.bad = dataset.bad_records + report.bad
+    report.void = getattr(dataset, "void_shapes", 0)
     return report
 
 
@@ -148,6 +150,8 @@ class DataCheckCLI(EVFCLI):
                   f"{report.no_target} no-target")  # fmt: skip
             tokens = token_summary(report.texts, tokenizer) if tokenizer else f"tokens not counted ({why})"
             print(f"  words {_stats(report.words)}; {tokens}")
+            if report.void:
+                print(f"  void shapes left out (LabelMe __ignore__ / _background_ / void_labels): {report.void}")
         bad = failed + [f"{r.name}: {line}" for r in reports for line in r.bad]
         print(f"bad records: {len(bad)}")
         for line in bad:

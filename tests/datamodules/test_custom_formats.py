@@ -166,6 +166,23 @@ def test_labelme_shape_types_groups_and_embedded_images(tmp_path: Path) -> None:
         np.testing.assert_array_equal(sample.image, image)
 
 
+def test_labelme_reserved_and_void_labels_never_become_expressions(tmp_path: Path) -> None:
+    image = picture(30, 30, 4)
+    shapes = [
+        {"label": "cup", "points": [[2, 2], [8, 8]], "shape_type": "rectangle"},
+        {"label": "__ignore__", "points": [[10, 10], [14, 14]], "shape_type": "rectangle"},
+        {"label": "_background_", "points": [[0, 20], [29, 29]], "shape_type": "rectangle"},
+        {"label": "blur", "points": [[20, 2], [25, 6]], "shape_type": "rectangle"},
+    ]
+    write_labelme_file(tmp_path, "desk", image, shapes)
+    dataset = LabelMeDataset(tmp_path, max_expressions=None, void_labels=["blur"])
+    sample = dataset.sample(0, 0)
+    assert sample.texts == ["cup", "the cup"] and dataset.names == ["cup"]
+    assert dataset.void_shapes == 3
+    assert not any(word in " ".join(sample.texts) for word in ("ignore", "background", "blur"))
+    assert "blur" in LabelMeDataset(tmp_path, max_expressions=None).names  # only when listed
+
+
 def test_labelme_mask_shapes_are_exact(tmp_path: Path) -> None:
     mask = box_mask(30, 30, [(3, 4, 11, 9), (8, 9, 11, 20)])
     write_labelme_file(tmp_path, "a", picture(30, 30, 1), [labelme_mask_shape("bolt", mask)])
