@@ -151,7 +151,7 @@ class DataCheckCLI(EVFCLI):
             tokens = token_summary(report.texts, tokenizer) if tokenizer else f"tokens not counted ({why})"
             print(f"  words {_stats(report.words)}; {tokens}")
             if report.void:
-                print(f"  void shapes left out (LabelMe __ignore__ / _background_ / void_labels): {report.void}")
+                print(f"  void shapes left out (__ignore__, _background_, void_labels): {report.void}")
         bad = failed + [f"{r.name}: {line}" for r in reports for line in r.bad]
         print(f"bad records: {len(bad)}")
         for line in bad:
