@@ -87,7 +87,7 @@ def lr_schedule(
     def decoder_factor(step: int) -> float:
         return 0.0 if step < hold else factor(step)
 
-    factors = [decoder_factor if g["part"] == "decoder" else factor for g in optimizer.param_groups]
+    factors = [decoder_factor if g.get("part") == "decoder" else factor for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 

@@ -46,6 +46,8 @@ from evf.datamodules.shapes.expressions import COLOURS, SHAPES
 from evf.encoders import ENCODERS
 from evf.encoders.pretraining import OBJECTIVES, CaptionBatch, PretrainObjective, build_objective
 from evf.errors import UsageError
+from evf.optim import OptimConfig, lr_schedule
+from evf.tools.seeding import deterministic_cpu
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +114,14 @@ class _Batcher:
         self.preprocessor = objective.encoder.preprocessor
         self.source, self.indices, self.seed = source, indices, seed
         self._pixels: dict[int, torch.Tensor] | None = {} if isinstance(source, ShapesCaptions) else None
+        self._order: tuple[int, list[int]] = (-1, [])
 
     def order(self, epoch: int) -> list[int]:
-        rng = item_rng(self.seed, _ORDER_STREAM, epoch)
-        return [self.indices[i] for i in rng.permutation(len(self.indices))]
+        """The indices in epoch ``epoch``'s seeded order (the last epoch's is kept: asked every step)."""
+        if self._order[0] != epoch:
+            rng = item_rng(self.seed, _ORDER_STREAM, epoch)
+            self._order = (epoch, [self.indices[i] for i in rng.permutation(len(self.indices))])
+        return self._order[1]
 
     def indices_of_step(self, step: int, batch_size: int) -> list[int]:
         first = step * batch_size
@@ -257,19 +263,11 @@ def pretrain_encoder(
             raise UsageError("--out is required with --captions (the default is the shipped shapes asset)")
         out = ASSETS / DEFAULT_OUT.get(family, "{name}_shapes.pt").format(name=encoder)
     out = Path(out)
-    if threads:
-        torch.set_num_threads(threads)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(
-        True
-    )  # multi-threaded CPU backward is otherwise not bitwise repeatable
-    try:
+    with deterministic_cpu(threads):
         return _pretrain(
             encoder, family, out, captions, images, tokenizer, steps, batch_size, lr, warmup_steps,
             weight_decay, num_train, num_probe, max_sentences, seed, save_every, stop_after, progress,
         )  # fmt: skip
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
 
 
 def _tokenizer_for(family: str, out: Path, tokenizer: Path | None, captions: Path | None) -> Path | None:
@@ -298,9 +296,7 @@ def _pretrain(
     batcher = _Batcher(objective, train_source, train_indices, seed)
     probe_batcher = _Batcher(objective, probe_source, probe_indices, seed + 1)
     optimizer = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup_steps, max(0.0, (steps - s) / max(steps - warmup_steps, 1)))
-    )
+    schedule = lr_schedule(optimizer, OptimConfig(lr=lr, warmup_steps=warmup_steps), steps)
     state_file = out.parent / f"{out.name}.resume.pt"
     start, seconds, baseline = 0, 0.0, None
     if state_file.is_file():

@@ -41,8 +41,10 @@ from evf.assets import SAM_TINY_SHAPES
 from evf.datamodules.shapes import ShapesDataset
 from evf.losses import dice
 from evf.metrics import mask_iou_stats
+from evf.optim import OptimConfig, lr_schedule
 from evf.sam_backends import create_backend
 from evf.sam_backends.sam import SamViTBackend
+from evf.tools.seeding import deterministic_cpu
 
 log = logging.getLogger(__name__)
 
@@ -283,18 +285,10 @@ def pretrain_sam(
         threads: torch CPU threads (None: torch's default).
         progress: show a progress bar.
     """
-    if threads:
-        torch.set_num_threads(threads)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(
-        True
-    )  # multi-threaded CPU backward is otherwise not bitwise repeatable
-    try:
+    with deterministic_cpu(threads):
         return _pretrain(
             out, steps, batch_size, lr, warmup_steps, corrections, num_train, num_val, seed, progress
         )
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
 
 
 def _pretrain(
@@ -315,9 +309,7 @@ def _pretrain(
     val = ShapesDataset("val", num_val, seed)
     baseline = evaluate(backend, val)
     optimizer = torch.optim.AdamW(backend.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup_steps, max(0.0, (steps - s) / max(steps - warmup_steps, 1)))
-    )
+    schedule = lr_schedule(optimizer, OptimConfig(lr=lr, warmup_steps=warmup_steps), steps)
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     start = time.perf_counter()

@@ -47,8 +47,9 @@ def visual_tokens(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
     levels = ((pixels * 0.5 + 0.5).clamp(0, 1) * (COLOUR_LEVELS - 1e-3)).long()  # [B,3,E,E]
     codes = (levels[:, 0] * COLOUR_LEVELS + levels[:, 1]) * COLOUR_LEVELS + levels[:, 2]  # [B,E,E]
     patches = F.unfold(codes[:, None].float(), patch_size, stride=patch_size).long()  # [B,p*p,P]
-    counts = F.one_hot(patches, VISUAL_TOKENS).sum(1)  # [B,P,V]
-    return counts.argmax(-1)
+    counts = patches.new_zeros(patches.shape[0], VISUAL_TOKENS, patches.shape[2])
+    counts.scatter_add_(1, patches, torch.ones_like(patches))  # [B,V,P]
+    return counts.argmax(1)
 
 
 def block_mask(batch: int, side: int, rate: float, gen: torch.Generator) -> torch.Tensor:
