@@ -11,7 +11,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 import evf
 from evf.datamodules import ShapesDataModule
-from evf.encoders.beit3 import modeling
+from evf.encoders.beit3 import layers
 from evf.module import EVFSAMModule
 
 
@@ -81,7 +81,7 @@ def test_cls_attention_is_the_last_layers_attention_summed_over_heads(monkeypatc
     ids, mask, index = tokens["input_ids"], tokens["attention_mask"], torch.tensor([0, 1, 1])
     maps = encoder.cls_attention(pixels, ids, mask, index)
     calls = []
-    monkeypatch.setattr(modeling.F, "scaled_dot_product_attention", _recording_sdpa(calls))
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", _recording_sdpa(calls))
     with torch.no_grad():
         encoder(pixels, ids, mask, index)
     vision_last = calls[encoder.plan.depth - 1]  # the image pass (or the joint one) comes first
