@@ -1,17 +1,18 @@
-"""Prediction latency: `EVFSAM.predict` on one image with 1, 8 and 32 prompts, and the same prompts
-asked of an `evf.Predictor` whose image is already set (decoder time: no image encoder).
+"""Prediction latency: a fresh `evf.Predictor` per call (``set_image`` + ``predict``) on one image
+with 1, 8 and 32 prompts, and the same prompts asked of an `evf.Predictor` whose image is already
+set (decoder time: no image encoder).
 
     python benchmarks/predict_latency.py --models small                                    # CPU
     python benchmarks/predict_latency.py --models small large --device cuda --precision bf16 \\
         --warmup 3 --iterations 20                                                           # one GPU
 
-`EVFSAM.predict` preprocesses a 480 x 640 image, runs the SAM image encoder once, BEIT-3 once over
-all prompts (image + text, early fusion), one mask-decoder call for all prompts and the
-postprocessing to full resolution. Reported: seconds per call, images/s and prompts/s; GFLOPs per
-call (``FlopCounterMode`` on the meta device), split into the image encoder and the rest, so the
-per-prompt cost is visible. Random weights; the BEIT-3 tokenizer is the bundled shapes
-sentencepiece model (the real one is not shipped; only the token ids differ). Each model runs in a
-fresh process. Writes ``benchmarks/results/predict_latency_<device>.json``.
+One call (``set_image`` then ``predict``) preprocesses a 480 x 640 image, runs the SAM image encoder
+once, BEIT-3 once over all prompts (image + text, early fusion), one mask-decoder call for all
+prompts (`evf.decode.decode`) and the postprocessing to full resolution. Reported: seconds per
+call, images/s and prompts/s; GFLOPs per call (``FlopCounterMode`` on the meta device), split into
+the image encoder and the rest, so the per-prompt cost is visible. Random weights; the BEIT-3
+tokenizer is the bundled shapes sentencepiece model (the real one is not shipped; only the token
+ids differ). Each model runs in a fresh process. Writes ``benchmarks/results/predict_latency_<device>.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     MODELS,
     RESULTS,
-    autocast,
     count_flops,
     peak_bytes,
     reset_peak,
@@ -52,17 +52,24 @@ def build(name: str, device: torch.device):
 
 
 def forward_flops(meta, image: np.ndarray, prompts: list[str]) -> int:
-    """FLOPs of the forward inside ``predict`` (postprocessing has no matmuls and, with its
-    data-dependent indexing, cannot run on the meta device)."""
+    """FLOPs of what `evf.decode.decode` runs inside a call: the image encoder, BEIT-3 over every
+    prompt, one decoder call (postprocessing has no matmuls and, with its data-dependent indexing,
+    cannot run on the meta device)."""
     tokens = meta.encoder.preprocessor.tokenize(prompts)
-    inputs = (
-        meta.backend.info.image(image)[None].to("meta"),
+    sam_pixels = meta.backend.info.image(image)[None].to("meta")
+    image_index = torch.zeros(len(prompts), dtype=torch.long, device="meta")
+    text = (
         meta.encoder.preprocessor.transform_image(image)[None].to("meta"),
         tokens["input_ids"].to("meta"),
         tokens["attention_mask"].to("meta"),
-        torch.zeros(len(prompts), dtype=torch.long, device="meta"),
+        image_index,
     )
-    return count_flops(lambda: meta(*inputs))
+
+    def run():
+        features = meta.encode_images(sam_pixels)
+        return meta.backend.decode(features, image_index, meta.prompt_tokens(*text))
+
+    return count_flops(run)
 
 
 def measure(args: argparse.Namespace, name: str) -> list[dict]:
@@ -77,18 +84,20 @@ def measure(args: argparse.Namespace, name: str) -> list[dict]:
 
     torch.manual_seed(0)
     model = build(name, device)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None  # bf16: autocast, as `common.autocast`
     rows = []
     for count in args.prompts:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
         flops = forward_flops(meta, image, prompts)
         reset_peak(device)
 
-        def call(p=prompts) -> None:
-            with autocast(device, args.precision):
-                model.predict(image, p)
+        def call(p=prompts) -> None:  # a new image each call: the image encoder runs every time
+            fresh = evf.Predictor(model, dtype=dtype)
+            fresh.set_image(image)
+            fresh.predict(p)
 
         times = timed(call, device, args.warmup, args.iterations)
-        predictor = evf.Predictor(model, dtype=torch.bfloat16 if args.precision == "bf16" else None)
+        predictor = evf.Predictor(model, dtype=dtype)
         predictor.set_image(image)
         set_times = timed(lambda p=prompts, pr=predictor: pr.predict(p), device, args.warmup, args.iterations)
         rows.append({

@@ -139,6 +139,14 @@ def write_official_release(model, family: str, directory: Path) -> None:
     write_tokenizer(SHAPES_TOKENIZER, directory)
 
 
+def logits_of(model: evf.EVFSAM, image: np.ndarray, prompts: list[str]) -> torch.Tensor:
+    """``[n,H,W]`` float32 logits of ``prompts`` on ``image``: a fresh `evf.Predictor` (threshold 0,
+    no autocast), ``set_image`` then ``predict``."""
+    predictor = evf.Predictor(model)
+    predictor.set_image(image)
+    return predictor.predict(prompts).logits
+
+
 def compare(ref: torch.Tensor, ours: torch.Tensor) -> str:
     agree = ((ref > 0) == (ours > 0)).float().mean().item()
     return f"{(ref - ours).abs().max().item():.1e} | {agree:.6f}"
@@ -164,7 +172,7 @@ def run(official: Path, image_path: Path) -> list[str]:
             ours = evf.load_pretrained(tmp)
             for prompt in PROMPTS:
                 expected = official_logits(inference, reference, family, image, prompt, tokenizer)
-                got = ours.predict(image, [prompt]).logits[0]
+                got = logits_of(ours, image, [prompt])[0]
                 rows.append(
                     f"| {family} | load_pretrained | {image_path.name}, {prompt!r} "
                     f"| {compare(expected, got)} |"
@@ -189,7 +197,7 @@ def run(official: Path, image_path: Path) -> list[str]:
             back.load_state_dict({**{k: back.state_dict()[k] for k in missing}, **written}, strict=True)
             use_inference_preprocessing(mine)
             expected = official_logits(inference, back, family, image, PROMPTS[0], tokenizer)
-            got = mine.predict(image, PROMPTS[:1]).logits[0]
+            got = logits_of(mine, image, PROMPTS[:1])[0]
             rows.append(
                 f"| {family} | export ({len(missing)} memory keys absent) | {image_path.name} "
                 f"| {compare(expected, got)} |"

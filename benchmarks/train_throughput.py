@@ -12,8 +12,8 @@ each), three ways, each in a fresh process (so peak memory is its own):
   one image at a time (``get_visual_embs``), BEIT-3 runs once over all expressions, then one
   prompt-encoder + mask-decoder call per expression (the released code batches the decoder per
   image; the decoder is ~1% of the step either way).
-* ``evf``: `EVFSAM.forward`: the image encoder once over the batch under ``no_grad``, BEIT-3 once,
-  one decoder call for all expressions.
+* ``evf``: `evf.decode.decode`, what ``training_step`` runs: the image encoder once over the batch
+  under ``no_grad`` (`EVFSAM.encode_images`), BEIT-3 once, one decoder call for all expressions.
 * ``evf_cache``: the same without the image encoder (never built): bf16 features as the store
   holds them, cast to the decoder's dtype in the step. Reading them from the store is timed apart
   (``read ms/img``: page-cache-hot memory-map reads; in training, DataLoader workers do this).
@@ -98,11 +98,14 @@ def low_res_naive(model, batch, image_of: list[int]) -> torch.Tensor:
 
 
 def low_res_evf(model, batch, image_of: list[int]) -> torch.Tensor:
-    """What `evf.decode.decode` runs before postprocessing (one group of text prompts)."""
+    """What `evf.decode.decode` runs before postprocessing (one group of text prompts): the image
+    features in the decoder's dtype, BEIT-3 once over every expression, one decoder call."""
     from evf.decode import image_features
 
+    dtype = next(model.backend.mask_decoder.parameters()).dtype
+    features = {k: v.to(dtype) for k, v in image_features(model, batch).items()}
     inputs = (batch.encoder_pixels, batch.input_ids, batch.attention_mask, batch.image_index)
-    return model(None, *inputs, image_features=image_features(model, batch)).logits
+    return model.backend.decode(features, batch.image_index, model.prompt_tokens(*inputs)).logits
 
 
 def logits_naive(model, batch) -> list[torch.Tensor]:

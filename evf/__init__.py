@@ -15,7 +15,7 @@ video = evf.predict_video(model, "clip.mp4", ["the dog"], output="out")  # SAM-2
 from evf.decode import Prediction
 from evf.encoders import create_encoder, list_encoders
 from evf.model import EVFSAM, TrainableParts, create_model
-from evf.prediction import predict_images, predict_prompts
+from evf.prediction import predict_images
 from evf.predictor import Predictor
 from evf.pretrained import load_pretrained
 from evf.prompts import Prompt
@@ -35,7 +35,6 @@ __all__ = [
     "list_encoders",
     "load_pretrained",
     "predict_images",
-    "predict_prompts",
     "predict_video",
 ]
 __version__ = "0.1.0"

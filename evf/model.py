@@ -1,25 +1,23 @@
 """`EVFSAM`: multimodal encoder -> projector -> one sparse prompt token -> SAM backend.
 
 A pure ``nn.Module``: no Lightning, no losses, no preprocessing. The SAM image encoder runs once
-per image; `EVFSAM.forward` decodes the prompts it is given (any number, over any images) in one
-mask-decoder call. The path from a batch to masks is `evf.decode.decode`; interactive use is
-`evf.Predictor`.
+per image (`EVFSAM.encode_images`), the encoder once over every expression
+(`EVFSAM.encode_prompts`). The model never decodes a batch itself and never imports what drives it:
+the path from a batch to masks is `evf.decode.decode` (training, evaluation, ``evf predict``),
+interactive use is `evf.Predictor`, files and folders are `evf.predict_images`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from evf.encoders import MultimodalEncoder, create_encoder
 from evf.lora import LoraConfig, adapter_parameters, add_adapters, matching_linears, merge_adapters
-from evf.prompts import Prompt
-from evf.sam_backends import DecoderOutput, ImageFeatures, PointPrompts, SamBackend, create_backend
+from evf.sam_backends import ImageFeatures, SamBackend, create_backend
 
 
 @dataclass
@@ -199,105 +197,6 @@ class EVFSAM(nn.Module):
         """Expressions -> ``[N,1,prompt_dim]`` sparse prompt tokens."""
         return self.encode_prompts(encoder_pixels, input_ids, attention_mask, image_index).tokens
 
-    def forward(
-        self,
-        sam_pixels: torch.Tensor | None,
-        encoder_pixels: torch.Tensor,
-        input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        image_index: torch.Tensor,
-        image_features: ImageFeatures | None = None,
-        points: PointPrompts | None = None,
-        boxes: torch.Tensor | None = None,
-    ) -> DecoderOutput:
-        """Low-resolution mask logits ``[N,1,h,w]`` for N expressions over B images.
-
-        Args:
-            sam_pixels: ``[B,3,S,S]`` backend-normalised images (None when ``image_features`` given).
-            encoder_pixels: ``[B,3,E,E]`` encoder-normalised images.
-            input_ids, attention_mask: ``[N,L]`` tokenised expressions; None decodes the point/box
-                prompts alone (no text token).
-            image_index: ``[N]`` image of each expression.
-            image_features: precomputed backend features (e.g. from an embedding cache).
-            points, boxes: optional extra prompts in the backend's input frame.
-        """
-        if image_features is None:
-            if sam_pixels is None:
-                raise ValueError("EVFSAM.forward needs sam_pixels or image_features")
-            image_features = self.encode_images(sam_pixels)
-        else:  # given features (e.g. bf16 store rows) decode in the decoder's dtype (no copy if equal)
-            dtype = next(self.backend.mask_decoder.parameters()).dtype
-            image_features = {k: v.to(dtype) for k, v in image_features.items()}
-        tokens = None
-        if input_ids is not None:
-            tokens = self.prompt_tokens(encoder_pixels, input_ids, attention_mask, image_index)
-        return self.backend.decode(image_features, image_index, tokens, points=points, boxes=boxes)
-
-    def predict(
-        self,
-        image: np.ndarray,
-        prompts: Sequence[str | Prompt] | None,
-        threshold: float = 0.0,
-        dtype: torch.dtype | None = None,
-        points: Sequence[np.ndarray] | np.ndarray | None = None,
-        point_labels: Sequence[np.ndarray] | np.ndarray | None = None,
-        boxes: np.ndarray | None = None,
-    ):
-        """Convenience over `evf.Predictor`: segment ``prompts`` in one uint8 ``[H,W,3]`` RGB image.
-
-        Args:
-            image: the image.
-            prompts: referring expressions or `Prompt` s, or None for point/box prompts alone.
-            threshold: logit threshold of the masks.
-            dtype: compute dtype under ``torch.autocast`` (see `evf.Predictor`).
-            points: per prompt, ``[K_i,2]`` (x, y) points in original-image pixels, beside or
-                instead of the text (each prompt decodes with exactly its own points).
-            point_labels: per prompt, ``[K_i]`` labels (1 foreground, 0 background); default all 1.
-            boxes: ``[n,4]`` boxes (x0, y0, x1, y1) in original-image pixels, one per prompt.
-
-        Returns:
-            `evf.decode.Prediction` (logits ``[n,H,W]`` float32, masks, scores).
-        """
-        from evf.predictor import Predictor  # the predictor drives this module; imported on use
-
-        predictor = Predictor(self, threshold=threshold, dtype=dtype)
-        predictor.set_image(image)
-        return predictor.predict(prompts_from_arrays(prompts, points, point_labels, boxes))
-
-
-def prompts_from_arrays(
-    texts: Sequence[str | Prompt] | None,
-    points: Sequence[np.ndarray] | np.ndarray | None = None,
-    point_labels: Sequence[np.ndarray] | np.ndarray | None = None,
-    boxes: np.ndarray | None = None,
-) -> list[Prompt]:
-    """Parallel per-prompt lists (SamPredictor style) -> `Prompt` s.
-
-    Raises:
-        ValueError: no prompt at all, or lists of different lengths.
-    """
-    counts = {len(x) for x in (texts, points, boxes) if x is not None}
-    if not counts or counts == {0}:
-        raise ValueError("predict needs at least one prompt (text, points or a box)")
-    if len(counts) > 1:
-        raise ValueError(
-            f"prompts, points and boxes must have one entry per prompt, got lengths {sorted(counts)}"
-        )
-    prompts = []
-    for i in range(counts.pop()):
-        text = None if texts is None else texts[i]
-        if isinstance(text, Prompt):
-            if points is not None or boxes is not None:
-                raise ValueError(f"prompt {i} is a Prompt: give its points and box inside it, not beside it")
-            prompts.append(text)
-            continue
-        xy = () if points is None else np.asarray(points[i], dtype=np.float32).reshape(-1, 2)
-        labels = () if point_labels is None else np.asarray(point_labels[i]).reshape(-1)
-        if len(labels) and len(labels) != len(xy):
-            raise ValueError(f"prompt {i}: {len(xy)} points but {len(labels)} labels")
-        prompts.append(Prompt(text, xy, labels, None if boxes is None else boxes[i]))
-    return prompts
-
 
 def create_model(
     encoder: str | MultimodalEncoder = "beit3_large",
@@ -354,6 +253,5 @@ __all__ = [
     "EncodedPrompts",
     "TrainableParts",
     "create_model",
-    "prompts_from_arrays",
     "trainable_summary",
 ]

@@ -230,13 +230,13 @@ class EVFSAMModule(L.LightningModule):
             ) from err
 
     # ---- steps -------------------------------------------------------------------------------
-    def forward(self, batch: Batch) -> list[Prediction]:
-        """Per image, logits ``[n_i,H_i,W_i]`` at the original resolution, masks and scores
-        (`evf.decode.decode`: the path prediction takes too)."""
+    def _decode(self, batch: Batch) -> list[Prediction]:
+        """Per image, logits ``[n_i,H_i,W_i]`` at the original resolution, masks and scores: every
+        step goes through `evf.decode.decode`, the path prediction takes too."""
         return decode(self.model, batch, presence_threshold=self.presence_threshold)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        predictions = self(batch)
+        predictions = self._decode(batch)
         logits = [p.logits for p in predictions]
         present = [target.flatten(1).any(1) for target in batch.masks]
         if self.skip_no_target_masks:  # the presence head alone answers "absent"
@@ -260,7 +260,7 @@ class EVFSAMModule(L.LightningModule):
         return loss
 
     def _eval_step(self, stage: str, batch: Batch, batch_idx: int, dataloader_idx: int) -> None:
-        predictions = self(batch) if batch.num_images else []
+        predictions = self._decode(batch) if batch.num_images else []
         (self.val_metrics if stage == "val" else self.test_metrics).update(dataloader_idx, batch, predictions)
         if batch_idx == 0 and dataloader_idx == 0 and predictions:
             self._log_overlays(stage, batch, [p.logits for p in predictions])
@@ -274,7 +274,7 @@ class EVFSAMModule(L.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
         """One `Prediction` per image of the batch (none for a batch whose every image failed to
         load: ``batch.failures`` lists those)."""
-        return self(batch)
+        return self._decode(batch)
 
     # ---- metrics: one ReferringIoU per named split -------------------------------------------
     def _split_names(self, stage: str) -> list[str]:

@@ -34,7 +34,7 @@ from evf.batch import Batch, BatchBuilder
 from evf.decode import Prediction, decode
 from evf.inputs import collect_inputs, predict_loader
 from evf.model import EVFSAM
-from evf.predictor import Predictor, autocast_to
+from evf.predictor import autocast_to
 from evf.prompts import Prompt
 from evf.visualize import overlay
 
@@ -165,7 +165,7 @@ def predict_images(
         manifest: a JSON / CSV file mapping images to their own prompts (`read_manifest`).
         output: folder for mask / overlay PNGs and ``predictions.json``; None writes nothing.
         batch_size: images per forward pass.
-        dtype: compute dtype under autocast (see `EVFSAM.predict`).
+        dtype: compute dtype under autocast (see `evf.Predictor`).
         threshold: logit threshold of the masks.
         progress: show a progress bar.
         presence_threshold: with a presence head, prompts whose target is less likely than this
@@ -197,26 +197,10 @@ def predict_images(
     return PredictionReport(writer.records, writer.failures)
 
 
-def predict_prompts(
-    model: EVFSAM,
-    image: np.ndarray,
-    prompts: Sequence[str | Prompt],
-    threshold: float = 0.0,
-    dtype: torch.dtype | None = None,
-    presence_threshold: float = 0.5,
-) -> Prediction:
-    """Text, point, box or mixed `Prompt` s on one image, its image encoder run once: a one-call
-    `evf.Predictor` (keep a `Predictor` to ask more prompts of the same image)."""
-    predictor = Predictor(model, threshold, dtype, presence_threshold)
-    predictor.set_image(image)
-    return predictor.predict(prompts)
-
-
 __all__ = [
     "PredictionReport",
     "PredictionWriter",
     "encode_rle",
     "instances",
     "predict_images",
-    "predict_prompts",
 ]

@@ -23,7 +23,7 @@ import torch
 from evf.batch import BatchBuilder, ImageInputs
 from evf.decode import Prediction, check_presence_threshold, decode, image_features
 from evf.model import EVFSAM
-from evf.prompts import Prompt
+from evf.prompts import Prompt, prompts_from_arrays
 from evf.sam_backends import ImageFeatures
 
 
@@ -110,19 +110,32 @@ class Predictor:
         self._features: ImageFeatures | None = None
 
     @torch.no_grad()
-    def predict(self, prompts: str | Prompt | Sequence[str | Prompt]) -> Prediction:
+    def predict(
+        self,
+        prompts: str | Prompt | Sequence[str | Prompt] | None,
+        points: Sequence[np.ndarray] | np.ndarray | None = None,
+        point_labels: Sequence[np.ndarray] | np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+    ) -> Prediction:
         """Masks for ``prompts`` (expressions and/or `Prompt` s) on the current image, in order.
 
         Prompts of one kind (`Prompt.kind`) decode together; each gets exactly the decoder tokens
-        it would get alone.
+        it would get alone. SamPredictor-style arrays are accepted too, one entry per prompt
+        (`evf.prompts.prompts_from_arrays`): ``points`` ``[K_i,2]`` (x, y) and ``point_labels``
+        ``[K_i]`` (1 foreground, 0 background; default all 1) beside or instead of the text
+        (``prompts`` None), and ``boxes`` ``[n,4]`` (x0, y0, x1, y1), all in original-image pixels.
 
         Raises:
             RuntimeError: no image set.
-            ValueError: no prompts, or a malformed one.
+            ValueError: no prompts, lists of different lengths, or a malformed prompt.
         """
         if self._image is None or self._features is None:
             raise RuntimeError("call set_image(image) before predict(prompts)")
-        prompts = [prompts] if isinstance(prompts, str | Prompt) else list(prompts)
+        if isinstance(prompts, str | Prompt):
+            prompts = [prompts]
+        if prompts is None or any(x is not None for x in (points, point_labels, boxes)):
+            prompts = prompts_from_arrays(prompts, points, point_labels, boxes)
+        prompts = list(prompts)
         if not prompts:
             raise ValueError("predict needs at least one prompt (text, points or a box)")
         prompts = [p if isinstance(p, Prompt) else Prompt(p) for p in prompts]

@@ -277,7 +277,9 @@ def load_pretrained(
 
     Example:
         >>> model = evf.load_pretrained("checkpoints/evf-sam2")  # doctest: +SKIP
-        >>> model.predict(image, ["zebra top left"]).masks  # doctest: +SKIP
+        >>> predictor = evf.Predictor(model, dtype=torch.bfloat16)  # doctest: +SKIP
+        >>> predictor.set_image(image)  # doctest: +SKIP
+        >>> predictor.predict(["zebra top left"]).masks  # doctest: +SKIP
 
     Args:
         path: the release directory (config.json, weights, tokenizer files).
@@ -285,7 +287,7 @@ def load_pretrained(
             (for SAM-2 and EfficientSAM a uint8 torch resize to the square input); ``training``
             keeps the backend's registered preprocessing (EVF-SAM's training/eval data pipeline).
         device: where to put the model (weights stay float32; for bf16 / fp16 inference pass
-            ``dtype=`` to `EVFSAM.predict`, which runs under autocast).
+            ``dtype=`` to `evf.Predictor` or `evf.predict_images`, which run under autocast).
 
     Returns:
         The model in eval mode.

@@ -7,8 +7,11 @@ backend's input frame.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -59,4 +62,38 @@ class Prompt:
         return self.text is not None, self.box is not None, len(self.points)
 
 
-__all__ = ["Prompt"]
+def prompts_from_arrays(
+    texts: Sequence[str | Prompt] | None,
+    points: Sequence[np.ndarray] | np.ndarray | None = None,
+    point_labels: Sequence[np.ndarray] | np.ndarray | None = None,
+    boxes: np.ndarray | None = None,
+) -> list[Prompt]:
+    """Parallel per-prompt lists (SamPredictor style) -> `Prompt` s.
+
+    Raises:
+        ValueError: no prompt at all, or lists of different lengths.
+    """
+    counts = {len(x) for x in (texts, points, boxes) if x is not None}
+    if not counts or counts == {0}:
+        raise ValueError("predict needs at least one prompt (text, points or a box)")
+    if len(counts) > 1:
+        raise ValueError(
+            f"prompts, points and boxes must have one entry per prompt, got lengths {sorted(counts)}"
+        )
+    prompts = []
+    for i in range(counts.pop()):
+        text = None if texts is None else texts[i]
+        if isinstance(text, Prompt):
+            if points is not None or boxes is not None:
+                raise ValueError(f"prompt {i} is a Prompt: give its points and box inside it, not beside it")
+            prompts.append(text)
+            continue
+        xy = () if points is None else np.asarray(points[i], dtype=np.float32).reshape(-1, 2)
+        labels = () if point_labels is None else np.asarray(point_labels[i]).reshape(-1)
+        if len(labels) and len(labels) != len(xy):
+            raise ValueError(f"prompt {i}: {len(xy)} points but {len(labels)} labels")
+        prompts.append(Prompt(text, xy, labels, None if boxes is None else boxes[i]))
+    return prompts
+
+
+__all__ = ["Prompt", "prompts_from_arrays"]

@@ -10,11 +10,12 @@ import torch
 
 from evf.cli import main
 from evf.datamodules import ShapesDataModule
+from evf.decode import decode
 from evf.inputs import read_manifest
 from evf.io import read_rgb
 from evf.losses import mask_losses
 from evf.module import EVFSAMModule
-from evf.prediction import predict_prompts
+from tests.helpers import segment
 
 FIXTURE = Path(__file__).parent / "fixtures" / "v0_checkpoint"
 CPU = ["--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
@@ -67,7 +68,7 @@ def test_mixed_prompts_give_the_same_logits():
         expected["alone_scores_1_0"][0],
     )
     for k, item in enumerate(read_manifest(FIXTURE / "manifest.json")):
-        result = predict_prompts(model, read_rgb(item.path), item.prompts)
+        result = segment(model, read_rgb(item.path), item.prompts)
         torch.testing.assert_close(
             result.logits, torch.from_numpy(expected[f"logits_{k}"]), atol=1e-4, rtol=1e-5
         )
@@ -84,7 +85,7 @@ def test_training_batch_gives_the_same_loss_and_logits():
     batch = dm.builder([dataset.sample(i, 0) for i in range(len(dataset))])
     expected = json.loads((FIXTURE / "expected.json").read_text())
     with torch.no_grad():
-        logits = [p.logits for p in module(batch)]
+        logits = [p.logits for p in decode(module.model, batch)]
     assert batch.texts == expected["texts"]
     terms = mask_losses(logits, batch.masks)
     for name, value in expected["loss_terms"].items():

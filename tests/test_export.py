@@ -15,6 +15,7 @@ from evf.cli import main
 from evf.encoders.beit3.tokenizer import SPM_NAME
 from evf.module import EVFSAMModule
 from evf.tools.export import export_release, release_state_dict
+from tests.helpers import segment
 from tests.release_helpers import TINY_BEIT3, perturb, torchscale_beit3
 
 PROMPTS = ["the red circle", "the small blue square on the left"]
@@ -26,7 +27,7 @@ def test_export_then_load_pretrained_gives_identical_logits(tmp_path, backend):
     model = perturb(evf.create_model("beit3_tiny", backend), seed=1).eval()
     export_release(model, tmp_path, "beit3_tiny", backend)
     loaded = evf.load_pretrained(tmp_path, preprocessing="training")
-    assert torch.equal(loaded.predict(IMAGE, PROMPTS).logits, model.predict(IMAGE, PROMPTS).logits)
+    assert torch.equal(segment(loaded, IMAGE, PROMPTS).logits, segment(model, IMAGE, PROMPTS).logits)
     config = json.loads((tmp_path / "config.json").read_text())
     assert (config["evf_encoder"], config["evf_backend"]) == ("beit3_tiny", backend)
     assert (config["hidden_size"], config["out_dim"]) == (model.encoder.feature_dim, model.backend.prompt_dim)
@@ -47,7 +48,7 @@ def test_export_cli_writes_a_lightning_checkpoint(tmp_path, capsys):
     assert config["architectures"] == ["EvfSamModel"] and config["evf_encoder_kwargs"] == {"drop_path": 0.1}
     loaded = evf.load_pretrained(out)
     assert torch.equal(
-        loaded.predict(IMAGE, PROMPTS).logits, module.model.eval().predict(IMAGE, PROMPTS).logits
+        segment(loaded, IMAGE, PROMPTS).logits, segment(module.model.eval(), IMAGE, PROMPTS).logits
     )
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "--ckpt_path", str(tmp_path / "run.ckpt"), "--output", str(out)])

@@ -21,6 +21,7 @@ from evf.module import EVFSAMModule
 from evf.prediction import PredictionWriter
 from evf.prompts import Prompt
 from evf.tools.export import export_release
+from tests.helpers import segment
 from tests.release_helpers import perturb
 
 IMAGE = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
@@ -244,7 +245,7 @@ def test_export_keeps_the_presence_head_and_a_release_without_one_initialises_it
     model = _presence_model(1.5)
     export_release(model, tmp_path / "with", "beit3_tiny", "sam_tiny")
     loaded = evf.load_pretrained(tmp_path / "with", preprocessing="training")
-    a, b = loaded.predict(IMAGE, ["the red circle"]), model.predict(IMAGE, ["the red circle"])
+    a, b = segment(loaded, IMAGE, ["the red circle"]), segment(model, IMAGE, ["the red circle"])
     assert loaded.has_presence and torch.equal(a.presence_logits, b.presence_logits)
     assert torch.equal(a.logits, b.logits)
     export_release(

@@ -1,5 +1,7 @@
-"""The package's import graph has no cycles: between subpackages (`evf.cache`, `evf.datamodules`, ...)
-and top-level modules (`evf.batch`, `evf.model`, ...), counting module-level imports."""
+"""The package's layers: between subpackages (`evf.cache`, `evf.datamodules`, ...) and top-level modules
+(`evf.batch`, `evf.model`, ...), every import -- at module level or inside a function, all but those
+under ``if TYPE_CHECKING`` -- reaches a strictly lower layer of `LAYERS`, so the graph has no cycle
+(docs/architecture.md, "Layers"). A new unit gets a layer here before it lands."""
 
 import ast
 from pathlib import Path
@@ -23,25 +25,75 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    """Modules imported at module level (not inside functions, not under ``if TYPE_CHECKING``)."""
-    names = set()
-    for node in ast.parse(path.read_text()).body:
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
+    (name, frozenset(f"evf.{unit}" for unit in units.split()))
+    for name, units in (
+        (
+            "foundations",
+            "assets checkpoint errors io lightning_compat lora losses metrics preprocessing prompts "
+            "registry results run_summary sam2_compat",
+        ),
+        ("parts", "paths encoders sam_backends"),
+        ("model", "model cache"),
+        ("batch", "batch optim pretrained run_checkpoint sweep"),
+        ("decode", "decode inputs visualize"),
+        ("interactive and evaluation", "predictor evaluation"),
+        ("files and folders", "prediction"),
+        ("training, data and video", "module datamodules video"),
+        ("commands and the demo", "cli demo"),
+        ("tools", "tools"),
+    )
+)
+"""Bottom first; a unit may import only units of lower layers."""
+
+
+def _type_checking_nodes(tree: ast.Module) -> set[int]:
+    nodes: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            nodes |= {id(n) for n in ast.walk(node)}
+    return nodes
+
+
+def _imports(path: Path) -> dict[str, int]:
+    """evf modules imported anywhere in ``path`` (module level and inside functions; not under
+    ``if TYPE_CHECKING``), each with the line of its first import."""
+    tree = ast.parse(path.read_text())
+    skipped = _type_checking_nodes(tree)
+    found: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
+            names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return {n for n in names if n == "evf" or n.startswith("evf.")}
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            if name == "evf" or name.startswith("evf."):
+                found.setdefault(name, node.lineno)
+    return found
+
+
+def _edges() -> list[tuple[str, str, str]]:
+    """``(source unit, target unit, "file:line")`` for every import between two units."""
+    edges = []
+    for path in sorted(ROOT.rglob("*.py")):
+        source = _unit(_module_name(path))
+        if source == "evf":
+            continue  # the package root re-exports the public API
+        for module, line in _imports(path).items():
+            target = _unit(module)
+            if target not in (source, "evf"):
+                edges.append((source, target, f"{path.relative_to(ROOT.parent)}:{line}"))
+    return edges
 
 
 def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
-    for path in ROOT.rglob("*.py"):
-        source = _unit(_module_name(path))
-        if source == "evf":
-            continue  # the package root re-exports the public API
-        targets = {_unit(m) for m in _top_level_imports(path)} - {source, "evf"}
-        graph.setdefault(source, set()).update(targets)
+    for source, target, _ in _edges():
+        graph.setdefault(source, set()).add(target)
     return graph
 
 
@@ -65,6 +117,35 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (found := visit(node)):
             return found
     return None
+
+
+def _layer_of() -> dict[str, int]:
+    return {unit: level for level, (_, units) in enumerate(LAYERS) for unit in units}
+
+
+def test_every_unit_has_a_layer():
+    units = {_unit(_module_name(path)) for path in ROOT.rglob("*.py")} - {"evf"}
+    assert units - set(_layer_of()) == set(), "give these a layer in LAYERS"
+    assert set(_layer_of()) - units == set(), "these units no longer exist"
+
+
+def test_every_import_reaches_a_lower_layer():
+    layer = _layer_of()
+    upward = [
+        f"{where}: {source} ({LAYERS[layer[source]][0]}) imports {target} ({LAYERS[layer[target]][0]})"
+        for source, target, where in _edges()
+        if layer[target] >= layer[source]
+    ]
+    assert upward == []
+
+
+def test_imports_inside_functions_are_seen(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import evf.cli\n"
+        "def f():\n    from evf.predictor import Predictor\n"
+    )
+    assert _imports(module) == {"evf.predictor": 5}
 
 
 def test_no_import_cycle_between_packages_and_modules():

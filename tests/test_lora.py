@@ -12,11 +12,13 @@ import evf
 from evf.checkpoint import CheckpointError
 from evf.cli import main
 from evf.datamodules import ShapesDataModule
+from evf.decode import decode
 from evf.lora import LoraConfig, adapter_parameters
 from evf.losses import mask_losses
 from evf.model import TrainableParts
 from evf.module import EVFSAMModule
 from evf.tools.export import export_release
+from tests.helpers import segment
 from tests.release_helpers import perturb
 
 PROMPTS = ["the red circle", "the small blue square on the left"]
@@ -25,7 +27,7 @@ DECODER_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 def _loss(module: EVFSAMModule, batch) -> torch.Tensor:
-    terms = mask_losses([p.logits for p in module(batch)], batch.masks)
+    terms = mask_losses([p.logits for p in decode(module.model, batch)], batch.masks)
     return terms["bce"] + terms["dice"]
 
 
@@ -46,7 +48,7 @@ class _Trainer:  # what configure_optimizers reads of the trainer
 def test_adapters_start_as_the_base_model_and_only_they_and_the_projector_train(shapes_batch):
     module = EVFSAMModule("beit3_tiny", "sam_tiny", optim={"lr": 1e-2, "weight_decay": 0.01})
     perturb(module.model, seed=1)
-    before = module.model.eval().predict(IMAGE, PROMPTS).logits
+    before = segment(module.model.eval(), IMAGE, PROMPTS).logits
     plain = _base_state(module.model)
     attention = [
         n for n, m in module.model.encoder.named_modules()
@@ -55,7 +57,7 @@ def test_adapters_start_as_the_base_model_and_only_they_and_the_projector_train(
 
     module.model.add_lora(LoraConfig(rank=4))
     module.model.set_trainable(TrainableParts.for_lora(module.model.lora))
-    assert torch.equal(module.model.eval().predict(IMAGE, PROMPTS).logits, before)  # B starts at zero
+    assert torch.equal(segment(module.model.eval(), IMAGE, PROMPTS).logits, before)  # B starts at zero
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
     adapters = {n for n in trainable if ".lora_" in n}
     assert trainable == adapters | {n for n in trainable if n.startswith("projector.")}
@@ -91,7 +93,7 @@ def test_merged_model_gives_the_same_logits_and_a_plain_state_dict(shapes_batch)
     assert model.backend.mask_decoder.training and not model.backend.prompt_encoder.training
     perturb(model, seed=2)  # every adapter non-zero, as after training
     model.eval()
-    unmerged = model.predict(IMAGE, PROMPTS).logits
+    unmerged = segment(model, IMAGE, PROMPTS).logits
     with torch.no_grad():
         features = model.encoder(
             shapes_batch.encoder_pixels,
@@ -101,7 +103,7 @@ def test_merged_model_gives_the_same_logits_and_a_plain_state_dict(shapes_batch)
         )
     model.merge_lora()
     assert model.lora is None and not adapter_parameters(model)
-    torch.testing.assert_close(model.predict(IMAGE, PROMPTS).logits, unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(segment(model, IMAGE, PROMPTS).logits, unmerged, atol=1e-5, rtol=0)
     with torch.no_grad():
         merged_features = model.encoder(
             shapes_batch.encoder_pixels,
@@ -161,7 +163,7 @@ def test_init_from_loads_the_release_strictly_before_the_adapters(tmp_path):
     assert base.keys() == reference.keys()
     assert all(torch.equal(v, reference[k]) for k, v in base.items())
     assert torch.equal(
-        module.model.eval().predict(IMAGE, PROMPTS).logits, released.predict(IMAGE, PROMPTS).logits
+        segment(module.model.eval(), IMAGE, PROMPTS).logits, segment(released, IMAGE, PROMPTS).logits
     )
 
 
@@ -222,7 +224,7 @@ def test_evf_export_of_a_lora_checkpoint_loads_back_with_equal_logits(lora_run, 
     unmerged = EVFSAMModule.load_from_checkpoint(ckpt, map_location="cpu").model.eval()
     assert unmerged.lora is not None
     torch.testing.assert_close(
-        loaded.predict(IMAGE, PROMPTS).logits, unmerged.predict(IMAGE, PROMPTS).logits, atol=1e-5, rtol=0
+        segment(loaded, IMAGE, PROMPTS).logits, segment(unmerged, IMAGE, PROMPTS).logits, atol=1e-5, rtol=0
     )
 
 

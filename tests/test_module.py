@@ -1,5 +1,6 @@
 import torch
 
+from evf.decode import decode
 from evf.model import TrainableParts
 from evf.module import EVFSAMModule, OptimConfig
 
@@ -7,7 +8,7 @@ from evf.module import EVFSAMModule, OptimConfig
 def _loss(module, batch):
     from evf.losses import mask_losses
 
-    terms = mask_losses([p.logits for p in module(batch)], batch.masks)
+    terms = mask_losses([p.logits for p in decode(module.model, batch)], batch.masks)
     return terms["bce"] + terms["dice"]
 
 
@@ -53,7 +54,9 @@ def test_save_load_gives_identical_logits(tmp_path, shapes_batch):
     loaded = EVFSAMModule.load_from_checkpoint(path).eval()
     with torch.no_grad():
         for a, b in zip(
-            [p.logits for p in module(shapes_batch)], [p.logits for p in loaded(shapes_batch)], strict=True
+            [p.logits for p in decode(module.model, shapes_batch)],
+            [p.logits for p in decode(loaded.model, shapes_batch)],
+            strict=True,
         ):
             assert torch.equal(a, b)
 

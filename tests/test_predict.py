@@ -16,6 +16,7 @@ from evf.inputs import collect_inputs, read_manifest
 from evf.module import EVFSAMModule
 from evf.prediction import predict_images
 from evf.prompts import Prompt
+from tests.helpers import segment
 
 PROMPTS = ["the red circle", "the blue square on the left"]
 CPU = ["--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
@@ -114,7 +115,7 @@ def test_python_api_reports_a_missing_image_and_runs_the_image_encoder_once_per_
     assert "not found" in report.failures[0]["error"]
     assert sum(seen) == 2 and len(report.records) == 4  # 2 images read, 2 prompts each
     a = np.asarray(Image.open(folder / "a.png").convert("RGB"))
-    expected = model.predict(a, PROMPTS)
+    expected = segment(model, a, PROMPTS)
     for record, mask in zip(report.records[:2], expected.masks, strict=True):
         rle = {"size": record["rle"]["size"], "counts": record["rle"]["counts"].encode()}
         assert np.array_equal(mask_utils.decode(rle).astype(bool), mask.numpy())
@@ -137,8 +138,8 @@ def test_repeated_stems_get_distinct_files(tmp_path):
 def test_low_precision_autocast_on_cpu_mostly_agrees_with_fp32(backend, dtype):
     model = evf.create_model("beit3_tiny", backend).eval()
     image = np.random.default_rng(3).integers(0, 256, (90, 120, 3), dtype=np.uint8)
-    fp32 = model.predict(image, PROMPTS)
-    low = model.predict(image, PROMPTS, dtype=dtype)
+    fp32 = segment(model, image, PROMPTS)
+    low = segment(model, image, PROMPTS, dtype=dtype)
     assert low.logits.dtype == torch.float32
     assert (low.masks == fp32.masks).float().mean() > 0.98
 
@@ -148,11 +149,11 @@ def test_bf16_weights_run_for_efficient_sam_but_not_for_the_upstream_sam_positio
     position encoding multiplies an fp32 grid with the bf16 buffer and fails (use ``dtype=``)."""
     image = np.random.default_rng(4).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     model = evf.create_model("beit3_tiny", "efficient_sam_tiny").eval()
-    fp32 = model.predict(image, PROMPTS)
-    bf16 = model.to(torch.bfloat16).predict(image, PROMPTS)
+    fp32 = segment(model, image, PROMPTS)
+    bf16 = segment(model.to(torch.bfloat16), image, PROMPTS)
     assert (bf16.masks == fp32.masks).float().mean() > 0.98
     with pytest.raises(RuntimeError, match="same dtype"):
-        evf.create_model("beit3_tiny", "sam_tiny").eval().to(torch.bfloat16).predict(image, PROMPTS)
+        segment(evf.create_model("beit3_tiny", "sam_tiny").eval().to(torch.bfloat16), image, PROMPTS)
 
 
 def test_manifest_prompts_with_points_and_boxes_in_json_and_csv(tmp_path, folder):
@@ -190,14 +191,14 @@ def test_mixed_prompts_equal_their_separate_predictions_with_one_image_encoder_p
     ]
     passes = []
     model.backend.image_encoder.register_forward_hook(lambda m, args, out: passes.append(1))
-    mixed = evf.predict_prompts(model, image, prompts)
+    mixed = segment(model, image, prompts)
     assert evf.Prompt is Prompt
     assert len(passes) == 1
     alone = [
-        model.predict(image, None, points=[np.array([[10, 20], [40, 30]])], point_labels=[np.array([1, 0])]),
-        model.predict(image, ["the red circle"]),
-        model.predict(image, ["the square"], boxes=np.array([[5, 5, 50, 40]])),
-        model.predict(image, None, boxes=np.array([[20, 10, 80, 55]])),
+        segment(model, image, None, points=[np.array([[10, 20], [40, 30]])], point_labels=[np.array([1, 0])]),
+        segment(model, image, ["the red circle"]),
+        segment(model, image, ["the square"], boxes=np.array([[5, 5, 50, 40]])),
+        segment(model, image, None, boxes=np.array([[20, 10, 80, 55]])),
     ]
     for k, single in enumerate(alone):
         torch.testing.assert_close(mixed.logits[k], single.logits[0], msg=f"prompt {k}")
@@ -220,9 +221,9 @@ def test_cli_points_and_box_join_the_text_or_stand_alone(tmp_path, folder, check
     model = EVFSAMModule.load_from_checkpoint(checkpoint).model.eval()
     rgb = np.asarray(Image.open(image).convert("RGB"))
     expected = {
-        "text_box": model.predict(rgb, [PROMPTS[0]], boxes=np.array([[4, 5, 60, 50]])).masks[0],
-        "points": model.predict(
-            rgb, None, points=[np.array([[30, 20], [70, 50]])], point_labels=[np.array([1, 0])]
+        "text_box": segment(model, rgb, [PROMPTS[0]], boxes=np.array([[4, 5, 60, 50]])).masks[0],
+        "points": segment(
+            model, rgb, None, points=[np.array([[30, 20], [70, 50]])], point_labels=[np.array([1, 0])]
         ).masks[0],
     }
     for name, record in (("text_box", with_box), ("points", points)):
@@ -243,7 +244,7 @@ def test_a_batch_with_boxes_encodes_its_images_once_and_matches_per_image_predic
     for name, records in (("a.png", report.records[:2]), ("b.jpg", report.records[2:])):
         (item,) = [i for i in read_manifest(tmp_path / "m.json") if i.path.name == name]
         rgb = np.asarray(Image.open(item.path).convert("RGB"))
-        expected = evf.predict_prompts(model, rgb, item.prompts)
+        expected = segment(model, rgb, item.prompts)
         for record, mask in zip(records, expected.masks, strict=True):
             rle = {"size": record["rle"]["size"], "counts": record["rle"]["counts"].encode()}
             assert np.array_equal(mask_utils.decode(rle).astype(bool), mask.numpy()), record

@@ -14,6 +14,7 @@ import evf
 from evf.cli import main
 from evf.decode import decode
 from evf.module import EVFSAMModule
+from tests.helpers import segment
 
 MIXED = [
     evf.Prompt("the red circle"),
@@ -73,12 +74,12 @@ def test_parallel_arrays_of_model_predict_become_the_same_prompts(tiny_model):
                                          box=(5, 6, 40, 50)), evf.Prompt("the square", points=((20, 20),),
                                          box=(0, 0, 20, 30))])  # fmt: skip
     points = [np.array([[10.0, 12.0], [30.0, 40.0]]), np.array([[20.0, 20.0]])]
-    theirs = model.predict(image, ["the red circle", "the square"], points=points,
+    theirs = segment(model, image, ["the red circle", "the square"], points=points,
                            point_labels=[np.array([1, 0]), np.array([1])],
                            boxes=np.array([[5, 6, 40, 50], [0, 0, 20, 30]], dtype=np.float32))  # fmt: skip
     torch.testing.assert_close(ours.logits, theirs.logits)
     with pytest.raises(ValueError, match="give its points and box inside it"):
-        model.predict(image, [evf.Prompt("x")], boxes=np.zeros((1, 4), dtype=np.float32))
+        segment(model, image, [evf.Prompt("x")], boxes=np.zeros((1, 4), dtype=np.float32))
 
 
 def test_store_rows_as_features_give_the_masks_of_the_image_encoder(tiny_model):

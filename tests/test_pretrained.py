@@ -19,6 +19,7 @@ from evf.checkpoint import CheckpointError
 from evf.encoders.beit3.tokenizer import SPM_NAME
 from evf.module import EVFSAMModule
 from evf.pretrained import ReleaseConfig
+from tests.helpers import segment
 from tests.release_helpers import (
     LAYOUTS,
     TINY_BEIT3,
@@ -101,7 +102,7 @@ def test_sam_release_gives_the_official_inference_logits(official_sam, size):
     image = _image(*size)
     ids = model.encoder.preprocessor.tokenize([PROMPT])["input_ids"]
     expected = _official_sam_inference(beit3, sam, fcs, image, ids)
-    ours = model.predict(image, [PROMPT]).logits[0]
+    ours = segment(model, image, [PROMPT]).logits[0]
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -187,8 +188,8 @@ def test_efficient_sam_release_round_trips_the_source_weights(tmp_path):
     _tokenizer_files(tmp_path)
     image = _image()
     torch.testing.assert_close(
-        evf.load_pretrained(tmp_path, preprocessing="training").predict(image, [PROMPT]).logits,
-        source.predict(image, [PROMPT]).logits,
+        segment(evf.load_pretrained(tmp_path, preprocessing="training"), image, [PROMPT]).logits,
+        segment(source, image, [PROMPT]).logits,
         rtol=0,
         atol=0,
     )

@@ -14,6 +14,7 @@ from evf.cache.keys import cache_key
 from evf.cache.training import RECORD_KEY, module_cache_key
 from evf.cli import main
 from evf.datamodules import MixtureDataModule
+from evf.decode import decode
 from evf.losses import mask_losses
 from evf.module import EVFSAMModule
 from evf.sam_backends import create_backend
@@ -48,7 +49,7 @@ def _batch(**dm_kwargs) -> Batch:
 
 def _loss(module, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
     with torch.no_grad():
-        logits = [p.logits for p in module(batch)]
+        logits = [p.logits for p in decode(module.model, batch)]
     terms = mask_losses(logits, batch.masks)
     return logits, terms["bce"] + terms["dice"]
 

@@ -30,6 +30,7 @@ from evf.io import read_rgb
 from evf.module import EVFSAMModule
 from evf.tools.export import export_release
 from tests.demo.conftest import free_port
+from tests.helpers import segment
 
 TIMEOUT = 120  # s per request: generous for 2 shared CPU cores, finite so a hung server fails the test
 
@@ -104,7 +105,7 @@ def test_sessions_keep_their_own_images(served, demo_model, scene, tmp_path):
     call(first, handle_file(scene.path), api_name="/encode")
     call(second, handle_file(flipped), api_name="/encode")
     files = call(first, handle_file(scene.path), "the triangle", False, "", "", api_name="/segment")[3]
-    expected = evf.predict_prompts(demo_model, scene.image, ["the triangle"])
+    expected = segment(demo_model, scene.image, ["the triangle"])
     assert np.array_equal(_served_masks(files)[1], expected.masks.numpy())
 
 
@@ -158,13 +159,13 @@ def _run_checkpoint(tmp_path, **kwargs) -> tuple[Path, EVFSAMModule]:
 
 def test_load_model_reads_a_run_checkpoint_and_a_release(tmp_path, scene):
     ckpt, module = _run_checkpoint(tmp_path)
-    expected = module.model.eval().predict(scene.image, ["the triangle"]).logits
+    expected = segment(module.model.eval(), scene.image, ["the triangle"]).logits
     model, title = load_model(ckpt_path=ckpt)
-    assert torch.equal(model.predict(scene.image, ["the triangle"]).logits, expected)
+    assert torch.equal(segment(model, scene.image, ["the triangle"]).logits, expected)
     assert "run.ckpt" in title and "beit3_tiny + sam_tiny" in title
     export_release(module.model, tmp_path / "release", "beit3_tiny", "sam_tiny")
     model, title = load_model(pretrained=tmp_path / "release")
-    assert torch.equal(model.predict(scene.image, ["the triangle"]).logits, expected)
+    assert torch.equal(segment(model, scene.image, ["the triangle"]).logits, expected)
     assert "release" in title
 
 
@@ -180,8 +181,8 @@ def test_a_run_trained_from_an_embedding_cache_needs_its_sam_weights(tmp_path, s
     live = evf.create_model("beit3_tiny", "sam_tiny", backend_kwargs={"checkpoint": SAM_TINY_SHAPES})
     missing, unexpected = live.load_state_dict(module.model.state_dict(), strict=False)
     assert missing and all(".image_encoder." in k for k in missing) and not unexpected  # only SAM's encoder
-    expected = live.eval().predict(scene.image, ["the triangle"]).logits
-    assert torch.equal(model.predict(scene.image, ["the triangle"]).logits, expected)
+    expected = segment(live.eval(), scene.image, ["the triangle"]).logits
+    assert torch.equal(segment(model, scene.image, ["the triangle"]).logits, expected)
 
 
 @pytest.mark.parametrize(
@@ -217,7 +218,7 @@ def test_demo_command_serves_a_release_on_the_given_port(tmp_path, scene):
         client = _connect(f"http://127.0.0.1:{port}/", server, tmp_path)
         files = call(client, handle_file(scene.path), "the triangle", False, "", "", api_name="/segment")[3]
         loaded = evf.load_pretrained(tmp_path / "release")
-        expected = loaded.predict(read_rgb(scene.path), ["the triangle"]).masks.numpy()
+        expected = segment(loaded, read_rgb(scene.path), ["the triangle"]).masks.numpy()
         assert np.array_equal(_served_masks(files)[1], expected)
     finally:
         server.terminate()
