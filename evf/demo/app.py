@@ -7,7 +7,9 @@ presence and area, and offered for download as a PNG beside ``predictions.json``
 file ``evf predict`` writes). The page shows the encoder and decoder times.
 
 Bad input (a file that is not an image, nothing to segment, an over-long expression, a point or box
-outside the image) is answered with a message on the page (`gr.Error`); the server goes on.
+outside the image) is answered with a message on the page -- a toast and the status line -- while
+the click canvas keeps its image and the outputs keep the last good result (`gr.skip`); the server
+goes on. API callers get the message as an error (`gr.Error`, ``AppError`` in ``gradio_client``).
 
 API (``gradio_client``): ``/encode`` (image file), ``/segment`` (image file, expressions,
 semantic, points, box) -> overlay, legend HTML, timing, download files, prompt canvas.
@@ -34,7 +36,7 @@ ABOUT = (
 
 
 def _answering(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Show a `DemoInputError` as a message on the page (no traceback, on the page or the console)."""
+    """For API callers: a `DemoInputError` is an error message (no traceback, on the page or the console)."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
@@ -42,6 +44,25 @@ def _answering(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except DemoInputError as err:
             raise gr.Error(str(err), title="Cannot segment", print_exception=False) from None
+
+    return wrapper
+
+
+def _on_the_page(fn: Callable[..., Any], outputs: int, status: int | None = None) -> Callable[..., Any]:
+    """For the page: a `DemoInputError` is a toast (and, at output ``status``, the status line);
+    every other output keeps what it shows, so the canvas keeps its image and the last good masks
+    stay (a `gr.Error` would mark every output as failed and blank the canvas)."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DemoInputError as err:
+            gr.Warning(str(err), title="Cannot segment")
+            kept: list[Any] = [gr.skip()] * outputs
+            if status is not None:
+                kept[status] = f"**{err}**"
+            return tuple(kept)
 
     return wrapper
 
@@ -58,29 +79,29 @@ def build_app(model: EVFSAM, title: str = "EVF-SAM demo", threshold: float = 0.0
         return prompt_marks(session.image, *drawn_geometry(points, box), session.pending_corner)
 
     def encode(session, path):
-        """Encode an upload; a file that is not an image is named in a warning and taken off the page
-        (so that another can be uploaded), and the session keeps its previous image."""
+        """Encode an upload. A file that is not an image is named in a warning and taken off the
+        upload field (so that another can be uploaded); the session, the canvas and the last masks
+        keep the previous image, which Segment then uses."""
         session = session_of(session)
         try:
             session.load(path)
         except DemoInputError as err:
             gr.Warning(str(err), title="Not an image")
-            return session, None, None, "", "", None, "", f"**{err}**", None
+            kept = gr.skip()
+            return session, None, kept, kept, kept, kept, kept, f"**{err}**", kept
         h, w = session.image.shape[:2]
         status = f"**encode** {session.encode_ms:.0f} ms ({w}x{h} image)"
         return session, path, session.image, "", "", None, "", status, None
 
-    @_answering
     def segment(session, path, expressions, semantic, points, box):
         session = session_of(session)
-        encoded_now = session.load(path)
+        encoded_now = session.load(path, keep_current=True)
         result = session.segment(session.prompts(expressions, semantic, points, box), encoded_now)
         shown = masks_overlay(session.image, result.prediction.masks.numpy())
         shown = prompt_marks(shown, *drawn_geometry(points, box))
         files = [str(f) for f in result.files]
         return session, shown, legend_html(result), timing_text(result), files, canvas(session, points, box)
 
-    @_answering
     def click(session, mode, points, box, evt: gr.SelectData):
         if session is None or session.image is None:
             raise DemoInputError("upload an image first")
@@ -141,15 +162,28 @@ def build_app(model: EVFSAM, title: str = "EVF-SAM demo", threshold: float = 0.0
             api_name="encode",
             **model_queue,
         )
+        segment_outputs = [state, shown_masks, legend, timing, downloads, shown_prompts]
         run.click(
-            segment,
+            _on_the_page(segment, len(segment_outputs), status=segment_outputs.index(timing)),
             [state, upload, expressions, semantic, points, box],
-            [state, shown_masks, legend, timing, downloads, shown_prompts],
+            segment_outputs,
+            api_name=False,  # the page's; /segment is the API's below
+            **model_queue,
+        )
+        # The API's /segment: the same function, its bad input an error for the caller.
+        gr.Button(visible=False).click(
+            _answering(segment),
+            [state, upload, expressions, semantic, points, box],
+            segment_outputs,
             api_name="segment",
             **model_queue,
         )
+        click_outputs = [state, points, box, shown_prompts]
         shown_prompts.select(
-            click, [state, mode, points, box], [state, points, box, shown_prompts], api_visibility="private"
+            _on_the_page(click, len(click_outputs)),
+            [state, mode, points, box],
+            click_outputs,
+            api_visibility="private",
         )
         clear_button.click(clear, [state], [state, points, box, shown_prompts], api_visibility="private")
     return app

@@ -79,14 +79,18 @@ class DemoSession:
     def name(self) -> str:
         return self.source.name if self.source is not None else "image"
 
-    def load(self, path: str | Path | None) -> bool:
+    def load(self, path: str | Path | None, keep_current: bool = False) -> bool:
         """Read the image file at ``path`` and encode it, unless it is the one already encoded (the
         same path: Gradio keeps each upload in a folder named by the hash of its content). Returns
-        whether the image encoder ran.
+        whether the image encoder ran. With ``keep_current``, no path keeps the image already
+        encoded (the page's upload field is emptied after a bad upload; the canvas still shows it).
 
         Raises:
-            DemoInputError: no file, or a file that is not a readable image (the old image stays).
+            DemoInputError: no file (and no image kept), or a file that is not a readable image (the
+                old image stays).
         """
+        if path is None and keep_current and self.image is not None:
+            return False
         if path is None:
             raise DemoInputError("upload an image first")
         path = Path(path)

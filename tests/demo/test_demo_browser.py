@@ -105,6 +105,12 @@ def test_upload_click_a_box_type_a_prompt_and_see_the_masks(page, scene, tmp_pat
         shutil.copyfile(screenshot, target)
 
 
+def _failed_outputs(page: Page) -> int:
+    """Outputs Gradio marks as failed (its status tracker's error state)."""
+    outputs = ("#evf-canvas", "#evf-overlay", "#evf-legend", "#evf-timing")
+    return page.locator(", ".join(f"{o} .error" for o in outputs)).count()
+
+
 @pytest.mark.slow
 def test_bad_input_shows_a_message_and_the_page_goes_on(page, scene, tmp_path):
     fake = tmp_path / "holiday.png"
@@ -125,3 +131,42 @@ def test_bad_input_shows_a_message_and_the_page_goes_on(page, scene, tmp_path):
     page.locator("#evf-box textarea").fill("")
     page.locator("#evf-segment").click()
     page.locator("#evf-legend tr.evf-mask", has_text="the triangle").wait_for(state="visible")
+
+
+@pytest.mark.slow
+def test_after_an_error_the_canvas_keeps_its_image_and_the_last_masks_stay(page, scene, tmp_path):
+    _upload(page, scene.path)
+    page.locator("#evf-timing", has_text="encode").wait_for()
+    page.locator("#evf-text textarea").fill("the triangle")
+    page.locator("#evf-segment").click()
+    page.locator("#evf-legend tr.evf-mask", has_text="the triangle").wait_for(state="visible")
+    canvas = page.locator("#evf-canvas img").get_attribute("src")
+    overlay = page.locator("#evf-overlay img").get_attribute("src")
+
+    page.locator("#evf-box textarea").fill("0,0,5000,5000")
+    page.locator("#evf-segment").click()
+    _toast(page, "box 0,0,5000,5000 is not inside")
+    page.locator("#evf-timing", has_text="box 0,0,5000,5000 is not inside").wait_for()  # the status line
+    assert _failed_outputs(page) == 0
+    assert page.locator("#evf-canvas img").get_attribute("src") == canvas
+    assert page.locator("#evf-overlay img").get_attribute("src") == overlay
+    assert page.locator("#evf-legend tr.evf-mask", has_text="the triangle").count() == 1
+
+    fake = tmp_path / "holiday.png"
+    fake.write_text("not an image")
+    page.locator("#evf-upload button[aria-label=Clear]").click()  # the field takes one file at a time
+    _upload(page, fake)
+    _toast(page, "holiday.png")
+    page.locator("#evf-timing", has_text="holiday.png").wait_for()
+    assert _failed_outputs(page) == 0
+    assert page.locator("#evf-canvas img").get_attribute("src") == canvas
+    assert page.locator("#evf-overlay img").get_attribute("src") == overlay
+
+    # The canvas still takes clicks, and Segment still runs on the kept image.
+    page.locator("#evf-box textarea").fill("")
+    page.get_by_label("foreground point").check()
+    ys, xs = np.nonzero(scene.masks[scene.texts.index("the triangle")])
+    _click_pixel(page, xs.mean(), ys.mean())
+    assert page.locator("#evf-points textarea").input_value().strip() != ""
+    page.locator("#evf-segment").click()
+    page.locator("#evf-legend tr.evf-mask", has_text="the triangle + 1 fg").wait_for(state="visible")
