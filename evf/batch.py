@@ -83,6 +83,7 @@ class Batch:
     sam_pixels: torch.Tensor | None = None
     image_features: ImageFeatures | None = None
     masks: list[torch.Tensor] | None = None  # per image [n_i,H_i,W_i] bool ground truth
+    void: list[torch.Tensor | None] | None = None  # per image [H_i,W_i] bool: judged by no loss or metric
     images: list[np.ndarray] | None = None  # prediction: the originals, for overlays
     prompts: list[tuple[Prompt, ...]] | None = None  # per image, when built from `Prompt` s
     failures: list[dict[str, str]] = field(default_factory=list)  # images that could not be read
@@ -103,6 +104,8 @@ class Batch:
             moved["image_features"] = {k: v.to(device) for k, v in self.image_features.items()}
         if self.masks is not None:
             moved["masks"] = [m.to(device) for m in self.masks]
+        if self.void is not None:
+            moved["void"] = [None if v is None else v.to(device) for v in self.void]
         moved["groups"] = [g.to(device) for g in self.groups]
         return replace(self, **moved)
 
@@ -116,6 +119,7 @@ class ReferringSample(Protocol):
     texts: list[str]
     image_id: str
     kinds: list[str]
+    void: np.ndarray | None  # bool [H,W] pixels judged by no loss or metric
 
 
 class BatchBuilder:
@@ -149,6 +153,8 @@ class BatchBuilder:
         batch.kinds = [k for s in samples for k in (s.kinds or [""] * len(s.texts))]
         if samples and all(s.masks is not None for s in samples):
             batch.masks = [torch.from_numpy(np.ascontiguousarray(s.masks)) for s in samples]
+        if any(s.void is not None for s in samples):
+            batch.void = [None if s.void is None else torch.from_numpy(s.void.copy()) for s in samples]
         return batch
 
     def images(

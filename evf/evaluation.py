@@ -58,14 +58,18 @@ class EvaluationMetrics(nn.Module):
         if batch.failures:
             self.skipped[split].update(float(len(batch.failures)))
         metric, by_kind = self.splits[split], self.kinds[split]
+        void = batch.void or [None] * len(predictions)
         start = 0
-        for prediction, target in zip(predictions, batch.masks, strict=True):
-            metric.update(prediction.masks, target)
+        for prediction, target, void_pixels in zip(predictions, batch.masks, void, strict=True):
+            predicted = prediction.masks
+            if void_pixels is not None:  # judged by no metric: out of both intersection and union
+                predicted, target = predicted & ~void_pixels, target & ~void_pixels
+            metric.update(predicted, target)
             kinds = batch.kinds[start : start + len(target)]
             start += len(target)
             for kind in set(kinds) & set(by_kind):
                 rows = torch.tensor([k == kind for k in kinds], device=target.device)
-                by_kind[kind].update(prediction.masks[rows], target[rows])
+                by_kind[kind].update(predicted[rows], target[rows])
 
     def results(self, names: Sequence[str], prefix: str) -> tuple[dict[str, float], StageResults]:
         """``<prefix>/<split>/<metric>``, ``<prefix>/<split>/<kind>/<metric>`` for the kinds met,

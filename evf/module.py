@@ -243,9 +243,10 @@ class EVFSAMModule(L.LightningModule):
             terms = mask_losses(
                 [lg[keep] for lg, keep in zip(logits, present, strict=True)],
                 [t[keep] for t, keep in zip(batch.masks, present, strict=True)],
+                batch.void,
             )
         else:
-            terms = mask_losses(logits, batch.masks)
+            terms = mask_losses(logits, batch.masks, batch.void)
         loss = self.loss_weights.bce * terms["bce"] + self.loss_weights.dice * terms["dice"]
         if self.model.has_presence:
             presence_logits = torch.cat([p.presence_logits for p in predictions])

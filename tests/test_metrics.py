@@ -66,3 +66,60 @@ def test_pooled_metric_sums_the_splits_states():
     assert float(splits[0].compute()["ciou"]) != pytest.approx(
         float(total["ciou"])
     )  # not a copy of one split
+
+
+def test_void_pixels_give_no_loss_and_no_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 8, requires_grad=True)
+    targets = torch.rand(2, 6, 8) > 0.5
+    void = torch.zeros(6, 8, dtype=torch.bool)
+    void[1:4, 2:7] = True
+    terms = mask_losses([logits], [targets], [void])
+    (terms["bce"] + terms["dice"]).backward()
+    assert logits.grad[:, void].abs().max() == 0 and logits.grad[:, ~void].abs().min() > 0
+    # Whatever the model says on void pixels, and whatever the target holds there: the same loss.
+    changed = logits.detach().clone()
+    changed[:, void] = 50.0
+    flipped = targets.clone()
+    flipped[:, void] = ~flipped[:, void]
+    again = mask_losses([changed], [flipped], [void])
+    torch.testing.assert_close(again["bce"], terms["bce"].detach())
+    torch.testing.assert_close(again["dice"], terms["dice"].detach())
+    # The BCE is the mean over the valid pixels only, and without void nothing changes.
+    valid = ~void
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[:, valid], targets[:, valid].float()
+    )
+    torch.testing.assert_close(terms["bce"], expected)
+    torch.testing.assert_close(
+        mask_losses([logits], [targets], [None])["bce"], sigmoid_bce(logits, targets.float()).mean()
+    )
+
+
+def test_void_pixels_count_in_neither_intersection_nor_union(shapes_batch):
+    """As VOC's 255: a false positive on a void pixel costs nothing."""
+    from evf.decode import Prediction
+    from evf.evaluation import EvaluationMetrics
+
+    target = torch.zeros(1, 4, 4, dtype=torch.bool)
+    target[0, :2] = True  # 8 pixels
+    predicted = torch.zeros(1, 4, 4, dtype=torch.bool)
+    predicted[0, :3] = True  # 12 pixels: 4 false positives, all on row 2
+    void = torch.zeros(4, 4, dtype=torch.bool)
+    void[2] = True
+    prediction = Prediction(
+        logits=predicted.float(),
+        masks=predicted,
+        scores=torch.ones(1),
+        present=torch.ones(1, dtype=torch.bool),
+    )
+    batch = shapes_batch
+    batch.masks, batch.kinds, batch.failures = [target], ["colour"], []
+    for given, ciou in ((None, 8 / 12), ([void], 1.0)):
+        metrics = EvaluationMetrics()
+        metrics.reset(1, [("colour",)], torch.device("cpu"))
+        batch.void = given
+        metrics.update(0, batch, [prediction])
+        _, results = metrics.results(["val"], "val")
+        assert results.per_split["val"]["ciou"] == pytest.approx(ciou)
+        assert results.per_kind["val"]["colour"]["ciou"] == pytest.approx(ciou)

@@ -55,13 +55,14 @@ class Augmenter:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         """The augmented copy of ``sample``; its random choices come from ``rng`` only."""
         self.pipeline.set_random_seed(int(rng.integers(2**31)))
-        targets = (
-            {"image": sample.image}
-            if sample.masks is None
-            else {"image": sample.image, "masks": sample.masks}
-        )
+        targets: dict[str, np.ndarray] = {"image": sample.image}
+        if sample.masks is not None:
+            targets["masks"] = sample.masks
+        if sample.void is not None:
+            targets["mask"] = sample.void  # albumentations' single mask: flipped with the image
         out = self.pipeline(**targets)
         flipped = any(name == "HorizontalFlip" for name, _ in out["applied_transforms"])
         texts = [swap_left_right(t) for t in sample.texts] if flipped else list(sample.texts)
         masks = None if sample.masks is None else np.ascontiguousarray(out["masks"], dtype=bool)
-        return replace(sample, image=np.ascontiguousarray(out["image"]), masks=masks, texts=texts)
+        void = None if sample.void is None else np.ascontiguousarray(out["mask"], dtype=bool)
+        return replace(sample, image=np.ascontiguousarray(out["image"]), masks=masks, texts=texts, void=void)

@@ -114,6 +114,10 @@ class CategoryDataset(FileDataset):
     def instance_mask(self, item: CategoryImage, instance: Any, height: int, width: int) -> np.ndarray:
         """The bool mask of one instance; a `DataError` if it is empty or malformed."""
 
+    def void_mask(self, item: CategoryImage, height: int, width: int) -> np.ndarray | None:
+        """Bool ``[H,W]`` pixels no expression of ``item`` is judged on (none by default)."""
+        return None
+
     def keeps(self, categories: dict) -> bool:
         """Whether an image with these categories yields any expression."""
         return bool(categories) or (self.negatives > 0 and bool(self.names))
@@ -144,7 +148,8 @@ class CategoryDataset(FileDataset):
                 texts.append(text)
                 masks.append(mask)
                 kinds.append(self._kind(count))
-        return Sample(image, np.stack(masks), texts, item.image_id, kinds if any(kinds) else [])
+        void = self.void_mask(item, height, width)
+        return Sample(image, np.stack(masks), texts, item.image_id, kinds if any(kinds) else [], void)
 
     def _texts(self, name: str, count: int, rng: np.random.Generator | None) -> list[str]:
         """Every wording of a target (evaluation), or one drawn (training)."""

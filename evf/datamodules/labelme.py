@@ -17,9 +17,11 @@ pixels from its first corner to its second, both included). Shapes of one label 
 expressions through the templates of `evf.datamodules.categories` (``_`` becomes a space).
 Point and line shapes have no area: they are an error unless ``ignore_shape_types`` lists them.
 
-LabelMe's reserved labels never become expressions: ``__ignore__`` (void pixels) and
-``_background_`` (its labelme2voc / labelme2coco conventions), nor any label listed in
-``void_labels``; their shapes are counted (``void_shapes``, reported by ``evf data-check``).
+LabelMe's reserved labels never become expressions (its labelme2voc / labelme2coco conventions):
+``__ignore__`` marks void pixels, as does any label listed in ``void_labels``; ``_background_``
+marks background. Void pixels are the sample's ``void`` mask, left out of the loss and the metrics
+of every expression on the image (as VOC's 255 is); their shapes are counted (``void_shapes``,
+reported by ``evf data-check``). Background shapes are counted in ``background_shapes``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ from evf.datamodules.coco import check_inside, load_json
 from evf.datamodules.common import DataError, OnBadSample, read_image, require, require_dir
 from evf.io import decode_rgb, read_rgb
 
-RESERVED_LABELS = ("__ignore__", "_background_")
+VOID_LABEL = "__ignore__"
+BACKGROUND_LABEL = "_background_"
+RESERVED_LABELS = (VOID_LABEL, BACKGROUND_LABEL)
 """LabelMe's labels for void pixels and for the background: never an object to refer to."""
 AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
 """Shape types with an area (the others: ``point``, ``points``, ``line``, ``linestrip``)."""
@@ -131,7 +135,7 @@ class LabelMeDataset(CategoryDataset):
             e.g. ``{split}`` for one subfolder per split).
         templates, plural_templates, semantic, negatives: see `CategoryDataset`.
         ignore_shape_types: shape types to leave out (e.g. ``[point, line]``) instead of refusing them.
-        void_labels: labels that mark void regions, left out as `RESERVED_LABELS` are.
+        void_labels: labels that mark void regions, as ``__ignore__`` does.
         seed, max_expressions, augment, on_bad_sample: see `evf.datamodules.common.FileDataset`.
     """
 
@@ -157,8 +161,9 @@ class LabelMeDataset(CategoryDataset):
         )  # fmt: skip
         self.folder = require_dir(Path(root) / annotations.format(split=split), "LabelMe folder")
         self.ignore_shape_types = frozenset(ignore_shape_types)
-        self.void_labels = frozenset(RESERVED_LABELS) | frozenset(void_labels)
+        self.void_labels = frozenset({VOID_LABEL, *void_labels})
         self.void_shapes = 0
+        self.background_shapes = 0
         parsed = []
         for path in sorted(self.folder.glob("*.json")):
             try:
@@ -179,6 +184,7 @@ class LabelMeDataset(CategoryDataset):
         if not isinstance(shapes, list):
             raise DataError(f"{path}: 'shapes' must be a list")
         instances: dict[tuple[str, Any], list[tuple[int, dict]]] = {}
+        void: list[tuple[int, dict]] = []
         for k, shape in enumerate(shapes):
             where = f"{path} shapes[{k}]"
             kind = (shape.get("shape_type") or "polygon") if isinstance(shape, dict) else None
@@ -192,6 +198,10 @@ class LabelMeDataset(CategoryDataset):
             raw = require(shape, "label", where)
             if raw in self.void_labels:
                 self.void_shapes += 1
+                void.append((k, shape))
+                continue
+            if raw == BACKGROUND_LABEL:
+                self.background_shapes += 1
                 continue
             label = clean_name(raw)
             if not label:
@@ -210,6 +220,7 @@ class LabelMeDataset(CategoryDataset):
             "embedded": data.get("imageData") is not None,
             "image_path": data.get("imagePath"),
             "size": (data.get("imageHeight"), data.get("imageWidth")),
+            "void": void,
         }
         return CategoryImage(source, f"{self.name}/{path.relative_to(self.folder).as_posix()}", categories)
 
@@ -234,6 +245,12 @@ class LabelMeDataset(CategoryDataset):
         if annotated:
             return read_image(image_path, size, f"{path} imageHeight/imageWidth")
         return read_rgb(image_path)
+
+    def void_mask(self, item: CategoryImage, height: int, width: int) -> np.ndarray | None:
+        """The union of the file's void shapes (`RESERVED_LABELS`, ``void_labels``), or None."""
+        if not item.source["void"]:
+            return None
+        return self.instance_mask(item, item.source["void"], height, width)
 
     def instance_mask(self, item: CategoryImage, instance: Any, height: int, width: int) -> np.ndarray:
         path = item.source["path"]

@@ -19,6 +19,8 @@ class Sample:
         image_id: stable identifier, used in logs and error messages.
         kinds: optional tag per expression (e.g. ``colour``/``shape``/``position``/``size`` for the
             synthetic data) for per-type metrics; empty when the dataset has none.
+        void: optional bool ``[H,W]``: pixels no expression of the image is judged on (LabelMe's
+            ``__ignore__`` regions, as VOC's 255): left out of the loss and the metrics.
     """
 
     image: np.ndarray
@@ -26,6 +28,7 @@ class Sample:
     texts: list[str]
     image_id: str
     kinds: list[str] = field(default_factory=list)
+    void: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.texts)
@@ -35,6 +38,11 @@ class Sample:
             raise ValueError(
                 f"sample {self.image_id}: masks {self.masks.shape} do not match {n} expression(s) "
                 f"on an image of size {self.image.shape[:2]}"
+            )
+        if self.void is not None and (self.void.dtype != bool or self.void.shape != self.image.shape[:2]):
+            raise ValueError(
+                f"sample {self.image_id}: void must be a bool mask of the image's size "
+                f"{self.image.shape[:2]}, got {self.void.dtype} {self.void.shape}"
             )
         if self.kinds and len(self.kinds) != n:
             raise ValueError(f"sample {self.image_id}: {len(self.kinds)} kinds for {n} expressions")

@@ -54,11 +54,13 @@ class SplitReport:
     words: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
-    void: int = 0
+    void: int = 0  # void shapes (LabelMe's __ignore__ and void_labels)
+    void_pixels: int = 0  # in the items checked
     preview: list[tuple[np.ndarray, np.ndarray, list[str]]] = field(default_factory=list)
 
     def add(self, sample: Sample, preview: int) -> None:
         self.images += 1
+        self.void_pixels += 0 if sample.void is None else int(sample.void.sum())
         self.kinds.update(kind or "untagged" for kind in (sample.kinds or [""] * len(sample.texts)))
         self.no_target += int((~sample.masks.reshape(len(sample.texts), -1).any(axis=1)).sum())
         self.words += [len(t.split()) for t in sample.texts]
@@ -151,7 +153,10 @@ class DataCheckCLI(EVFCLI):
             tokens = token_summary(report.texts, tokenizer) if tokenizer else f"tokens not counted ({why})"
             print(f"  words {_stats(report.words)}; {tokens}")
             if report.void:
-                print(f"  void shapes left out (__ignore__, _background_, void_labels): {report.void}")
+                print(
+                    f"  void (__ignore__, void_labels): {report.void} shapes, {report.void_pixels:,} pixels "
+                    "in the items checked; left out of the loss and the metrics"
+                )
         bad = failed + [f"{r.name}: {line}" for r in reports for line in r.bad]
         print(f"bad records: {len(bad)}")
         for line in bad:

@@ -178,9 +178,47 @@ def test_labelme_reserved_and_void_labels_never_become_expressions(tmp_path: Pat
     dataset = LabelMeDataset(tmp_path, max_expressions=None, void_labels=["blur"])
     sample = dataset.sample(0, 0)
     assert sample.texts == ["cup", "the cup"] and dataset.names == ["cup"]
-    assert dataset.void_shapes == 3
+    assert dataset.void_shapes == 2 and dataset.background_shapes == 1
     assert not any(word in " ".join(sample.texts) for word in ("ignore", "background", "blur"))
-    assert "blur" in LabelMeDataset(tmp_path, max_expressions=None).names  # only when listed
+    # __ignore__ and the listed label are void pixels (corners included); _background_ is background.
+    np.testing.assert_array_equal(sample.void, box_mask(30, 30, [(10, 10, 15, 15), (20, 2, 26, 7)]))
+    unlisted = LabelMeDataset(tmp_path, max_expressions=None)
+    assert "blur" in unlisted.names  # only when listed
+    np.testing.assert_array_equal(unlisted.sample(0, 0).void, box_mask(30, 30, [(10, 10, 15, 15)]))
+
+
+def test_labelme_void_pixels_reach_the_batch_and_give_no_loss(tmp_path: Path) -> None:
+    import torch
+
+    from evf.batch import BatchBuilder
+    from evf.losses import mask_losses
+    from evf.model import create_model
+
+    shapes = [
+        {"label": "cup", "points": [[2, 2], [12, 12]], "shape_type": "rectangle"},
+        {"label": "__ignore__", "points": [[8, 8], [20, 20]], "shape_type": "rectangle"},  # overlaps the cup
+        {"label": "_background_", "points": [[0, 24], [31, 31]], "shape_type": "rectangle"},
+    ]
+    write_labelme_file(tmp_path, "desk", picture(32, 32, 4), shapes)
+    sample = LabelMeDataset(tmp_path, max_expressions=None).sample(0, 0)
+    model = create_model("beit3_tiny", "sam_tiny")
+    batch = BatchBuilder(model.encoder.preprocessor, model.backend.info.image)([sample])
+    void = batch.void[0]
+    np.testing.assert_array_equal(void.numpy(), box_mask(32, 32, [(8, 8, 21, 21)]))
+    logits = torch.randn(len(sample.texts), 32, 32, requires_grad=True)
+    terms = mask_losses([logits], batch.masks, batch.void)
+    (terms["bce"] + terms["dice"]).backward()
+    assert logits.grad[:, void].abs().max() == 0 and logits.grad[:, ~void].abs().min() > 0
+    # A horizontal flip moves the void pixels with the image and the masks.
+    flipped = LabelMeDataset(tmp_path, max_expressions=None, augment=True)
+    for epoch in range(8):
+        out = flipped.sample(0, epoch)
+        if out.texts and not np.array_equal(out.masks[0], sample.masks[0]):
+            np.testing.assert_array_equal(out.void, sample.void[:, ::-1])
+            np.testing.assert_array_equal(out.masks[0], sample.masks[0][:, ::-1])
+            break
+    else:
+        pytest.fail("no epoch flipped the image")
 
 
 def test_labelme_mask_shapes_are_exact(tmp_path: Path) -> None:

@@ -92,3 +92,17 @@ def test_an_unknown_kind_is_refused_by_the_parser(tmp_path: Path, capsys) -> Non
     with pytest.raises(SystemExit) as exit_:
         main(["data-check", "--config", str(config)])
     assert exit_.value.code == 2 and "no_such_kind" in capsys.readouterr().err
+
+
+def test_void_shapes_and_pixels_are_reported(tmp_path: Path, capsys) -> None:
+    labelme = tmp_path / "labelme"
+    shapes = [
+        {"label": "cup", "points": [[1, 1], [6, 6]], "shape_type": "rectangle"},
+        {"label": "__ignore__", "points": [[10, 10], [14, 14]], "shape_type": "rectangle"},  # 5 x 5
+        {"label": "_background_", "points": [[0, 15], [23, 19]], "shape_type": "rectangle"},
+    ]
+    write_labelme_file(labelme, "desk", picture(20, 24, 0), shapes)
+    spec = {"kind": "labelme", "root": str(labelme), "split": "train"}
+    code, out = _check(_config(tmp_path, [spec], []), tmp_path / "grid.png", capsys)
+    assert code == 0, out
+    assert "void (__ignore__, void_labels): 1 shapes, 25 pixels in the items checked" in out
