@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
     for name, units in (
         (
             "foundations",
-            "assets checkpoint errors io lightning_compat lora losses metrics preprocessing prompts "
+            "assets checkpoint errors io lightning_compat lora losses metrics open_clip_compat preprocessing prompts "
             "registry results run_summary sam2_compat",
         ),
         ("parts", "paths encoders sam_backends"),

@@ -1,4 +1,5 @@
-"""sam2's hole filling without its CUDA extension: the documented rule (8-connectivity, area
+"""sam2's internals that video uses are in the installed sam2 (a changed one is named with sam2's
+version), and sam2's hole filling without its CUDA extension: the documented rule (8-connectivity, area
 threshold, fill score 0.1) on hand-made masks, through sam2's own ``fill_holes_in_mask_scores``."""
 
 import warnings
@@ -6,7 +7,15 @@ import warnings
 import pytest
 import torch
 
-from evf.sam2_compat import connected_components, has_cuda_extension, use_cpu_connected_components
+from evf.sam2_compat import (
+    INFERENCE_STATE_KEYS,
+    connected_components,
+    has_cuda_extension,
+    internals_problems,
+    new_inference_state,
+    sam2_version,
+    use_cpu_connected_components,
+)
 
 
 def _masks(*rows: str) -> torch.Tensor:
@@ -57,3 +66,31 @@ def test_sam2_fills_holes_up_to_the_area_threshold_on_a_cpu():
 def test_a_mask_of_another_shape_is_refused():
     with pytest.raises(ValueError, match=r"\[N,1,H,W\]"):
         connected_components(torch.zeros(3, 4, 4))
+
+
+def test_the_installed_sam2_has_every_internal_we_use():
+    assert internals_problems() == []
+
+
+def test_a_changed_internal_is_named_with_the_version(monkeypatch):
+    from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+    def renamed(self, inference_state, output_dict, frame_idx, batch_size, is_init_cond_frame, points, masks):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(SAM2VideoPredictor, "_run_single_frame_inference", renamed)
+    monkeypatch.delattr(SAM2VideoPredictor, "_obj_id_to_idx")
+    problems = internals_problems()
+    assert all(f"sam2 {sam2_version()}" in p for p in problems) and len(problems) == 2
+    assert any("_obj_id_to_idx is gone" in p for p in problems)
+    assert any(
+        "lacks parameters ['point_inputs', 'mask_inputs', 'reverse', 'run_mem_encoder']" in p
+        for p in problems
+    )
+
+
+def test_our_inference_state_has_init_states_keys_and_types():
+    state = new_inference_state([], 3, (20, 30), torch.device("cpu"))
+    assert set(state) == INFERENCE_STATE_KEYS
+    assert (state["video_height"], state["video_width"], state["num_frames"]) == (20, 30, 3)
+    assert state["storage_device"] == torch.device("cpu") and state["offload_video_to_cpu"]

@@ -31,10 +31,10 @@ from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from evf.checkpoint import CheckpointFormat, Rule, load_checkpoint
 from evf.encoders.base import ENCODERS, EncoderInfo, EncoderPreprocessor, MultimodalEncoder
+from evf.open_clip_compat import build_open_clip_tower
 from evf.preprocessing import HALF_MEAN, HALF_STD, ImageSpec
 
 log = logging.getLogger(__name__)
@@ -46,22 +46,6 @@ PAD_ID = 0
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _CONFIG_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"}
-
-
-def build_open_clip_tower(
-    tower: Literal["text", "vision"], embed_dim: int, cfg: dict[str, Any], quick_gelu: bool
-) -> nn.Module:
-    """open_clip's text or vision tower, built from its config exactly as ``open_clip.CLIP`` builds it.
-
-    open_clip has no public per-tower builder (``CLIP`` and ``CustomTextCLIP`` always build both
-    towers, and ``fusion="text"`` must not pay for a ViT-H it never runs), so this calls the private
-    ``open_clip.model._build_text_tower`` / ``_build_vision_tower`` that ``CLIP.__init__`` uses;
-    tests/encoders/test_clip.py checks their signatures against the installed open_clip.
-    """
-    from open_clip.model import _build_text_tower, _build_vision_tower  # deferred: slow import
-
-    build = _build_text_tower if tower == "text" else _build_vision_tower
-    return build(embed_dim, cfg, quick_gelu)
 
 
 class CLIPEncoder(MultimodalEncoder):

@@ -26,6 +26,7 @@ import torch
 
 from evf.batch import BatchBuilder
 from evf.model import EVFSAM
+from evf.sam2_compat import CONDITIONING, NON_CONDITIONING, frame_outputs
 from evf.video.frames import VideoFrames
 from evf.video.tracker import TextVideoPredictor
 
@@ -152,9 +153,9 @@ class TextTracker:
             frames.close()
 
     def _frame_masks(self, k: int, video_logits: torch.Tensor) -> FrameMasks:
-        outputs = [self.state["output_dict_per_obj"][row] for row in range(len(self.prompts))]
-        prompted = tuple(k in out["cond_frame_outputs"] for out in outputs)
-        kinds = ["cond_frame_outputs" if p else "non_cond_frame_outputs" for p in prompted]
+        outputs = [frame_outputs(self.state, row) for row in range(len(self.prompts))]
+        prompted = tuple(k in out[CONDITIONING] for out in outputs)
+        kinds = [CONDITIONING if p else NON_CONDITIONING for p in prompted]
         object_logits = torch.cat(
             [out[kind][k]["object_score_logits"].reshape(1) for out, kind in zip(outputs, kinds, strict=True)]
         )

@@ -7,7 +7,8 @@ sparse prompt, and ``propagate_in_video`` tracks the mask through the clip. We s
 predictor instead of patching it: `TextPromptEncoder` is sam2's ``PromptEncoder`` that, while a
 token is set, puts the token where ``SAM2Base._forward_sam_heads`` would put its padding point, and
 `TextVideoPredictor.add_text` runs sam2's single-frame inference under it. Everything else
-(memory, propagation, postprocessing) is sam2's code, unchanged.
+(memory, propagation, postprocessing) is sam2's code, unchanged; the sam2 internals this takes
+(private methods, the inference state's layout) are named in `evf.sam2_compat` only.
 
 The model is sam2's full ``SAM2Base`` built from the variant's own config file
 (`evf.sam_backends.sam2_build.video_config`) with `build_sam2_video_predictor`'s options; the image path,
@@ -22,7 +23,6 @@ sits in memory; `prune_memory` drops per-frame outputs that memory attention can
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +38,19 @@ from evf.checkpoint import CheckpointError, CheckpointFormat, Rule, StateDict, l
 from evf.model import EVFSAM
 from evf.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from evf.pretrained import BACKEND_PREFIX, read_release_state
-from evf.sam2_compat import use_cpu_connected_components
+from evf.sam2_compat import (
+    NON_CONDITIONING,
+    PADDING_POINT_LABEL,
+    all_frame_outputs,
+    decode_conditioning_frame,
+    is_tracked,
+    keep_conditioning_output,
+    new_inference_state,
+    object_index,
+    prompt_encoder,
+    set_prompt_encoder_class,
+    use_cpu_connected_components,
+)
 from evf.sam_backends.sam2 import Sam2Backend
 from evf.sam_backends.sam2_build import video_config
 from evf.sam_backends.sam2_checkpoints import RELEASE_LAYOUT, SAM2_CHECKPOINT
@@ -61,7 +73,7 @@ class TextPromptEncoder(PromptEncoder):
     def forward(self, points, boxes, masks):
         if self.text_tokens is None:
             return super().forward(points, boxes, masks)
-        if points is not None and bool((points[1] != -1).any()):
+        if points is not None and bool((points[1] != PADDING_POINT_LABEL).any()):
             raise ValueError("a frame takes a text prompt or point prompts, not both")
         sparse, dense = super().forward(None, boxes, masks)
         n = len(self.text_tokens)
@@ -73,45 +85,21 @@ class TextVideoPredictor(SAM2VideoPredictor):
     """``SAM2VideoPredictor`` with text prompts (`add_text`), lazily read frames (`init_frames`) and
     bounded per-frame state (`prune_memory`)."""
 
-    def _build_sam_heads(self) -> None:
-        super()._build_sam_heads()
-        # The same module, parameters and state-dict keys; only `forward` learns the text token.
-        self.sam_prompt_encoder.__class__ = TextPromptEncoder
-
     @contextmanager
     def _text_prompt(self, tokens: torch.Tensor) -> Iterator[None]:
-        self.sam_prompt_encoder.text_tokens = tokens
+        encoder = prompt_encoder(self)
+        encoder.text_tokens = tokens
         try:
             yield
         finally:
-            self.sam_prompt_encoder.text_tokens = None
+            encoder.text_tokens = None
 
     @torch.inference_mode()
     def init_frames(self, frames: VideoFrames, offload_state_to_cpu: bool = False) -> dict:
         """An inference state over ``frames`` (`VideoFrames`), read one at a time when sam2 needs
         them. The same keys as ``init_state``, whose loader holds every frame of the clip."""
-        device = self.device
-        height, width = frames.size
-        return {
-            "images": SamFrames(frames, self.image_size),
-            "num_frames": len(frames),
-            "offload_video_to_cpu": True,  # frames are read on demand and moved one at a time
-            "offload_state_to_cpu": offload_state_to_cpu,
-            "video_height": height,
-            "video_width": width,
-            "device": device,
-            "storage_device": torch.device("cpu") if offload_state_to_cpu else device,
-            "point_inputs_per_obj": {},
-            "mask_inputs_per_obj": {},
-            "cached_features": {},
-            "constants": {},
-            "obj_id_to_idx": OrderedDict(),
-            "obj_idx_to_id": OrderedDict(),
-            "obj_ids": [],
-            "output_dict_per_obj": {},
-            "temp_output_dict_per_obj": {},
-            "frames_tracked_per_obj": {},
-        }
+        images = SamFrames(frames, self.image_size)
+        return new_inference_state(images, len(frames), frames.size, self.device, offload_state_to_cpu)
 
     @torch.inference_mode()
     def add_text(self, state: dict, frame_idx: int, obj_id: int, token: torch.Tensor) -> dict:
@@ -124,28 +112,16 @@ class TextVideoPredictor(SAM2VideoPredictor):
         Raises:
             ValueError: the object was already tracked on that frame (a prompt starts a track there).
         """
-        obj_idx = self._obj_id_to_idx(state, obj_id)
-        if frame_idx in state["frames_tracked_per_obj"][obj_idx]:
+        obj_idx = object_index(self, state, obj_id)
+        if is_tracked(state, obj_idx, frame_idx):
             raise ValueError(f"object {obj_id} is already tracked on frame {frame_idx}")
         with self._text_prompt(token):
-            out, _ = self._run_single_frame_inference(
-                inference_state=state,
-                output_dict=state["output_dict_per_obj"][obj_idx],
-                frame_idx=frame_idx,
-                batch_size=1,
-                is_init_cond_frame=True,
-                point_inputs=None,
-                mask_inputs=None,
-                reverse=False,
-                run_mem_encoder=False,  # the memory is encoded when propagation starts (sam2's preflight)
-            )
-        return out
+            return decode_conditioning_frame(self, state, obj_idx, frame_idx)
 
     def keep_prompt(self, state: dict, frame_idx: int, obj_id: int, out: dict) -> None:
         """Make ``out`` (from `add_text`) a conditioning frame of ``obj_id``: the next
         ``propagate_in_video`` encodes its memory and tracks from it."""
-        obj_idx = self._obj_id_to_idx(state, obj_id)
-        state["temp_output_dict_per_obj"][obj_idx]["cond_frame_outputs"][frame_idx] = out
+        keep_conditioning_output(state, object_index(self, state, obj_id), frame_idx, out)
 
     def memory_window(self) -> int:
         """How many frames back memory attention reads non-conditioning outputs: masks of the last
@@ -158,10 +134,10 @@ class TextVideoPredictor(SAM2VideoPredictor):
         """Drop the non-conditioning outputs that tracking forward from ``frame_idx`` never reads
         again (conditioning frames stay: every later frame attends to them)."""
         oldest = frame_idx - self.memory_window()
-        for outputs in state["output_dict_per_obj"].values():
-            stale = [t for t in outputs["non_cond_frame_outputs"] if t < oldest]
+        for outputs in all_frame_outputs(state):
+            stale = [t for t in outputs[NON_CONDITIONING] if t < oldest]
             for t in stale:
-                del outputs["non_cond_frame_outputs"][t]
+                del outputs[NON_CONDITIONING][t]
 
 
 class SamFrames:
@@ -265,6 +241,7 @@ def build_video_predictor(
         predictor = build_sam2_video_predictor(
             config, None, device="cpu", hydra_overrides_extra=[target, *overrides]
         )
+    set_prompt_encoder_class(predictor, TextPromptEncoder)  # the text token, with sam2's weights and keys
     state = backend_state(backend)
     if memory is None:
         log.warning(
