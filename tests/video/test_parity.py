@@ -98,3 +98,43 @@ def test_the_comparison_sees_the_text_token(tmp_path):
     other = tracker.tokens(frames.read(0), [0]) + 0.5
     theirs = official_logits(predictor.state_dict(), frames_dir, other)
     assert not torch.allclose(ours[0], theirs[0], atol=1e-2)
+
+
+def _model_with_small_holes():
+    """The tiny model with its masks turned mostly foreground with small background specks (the
+    hypernetworks' last layer negated, the upscaling made noisy): holes that EVF-SAM2's
+    ``fill_hole_area=8`` fills, on every frame of the clip."""
+    torch.manual_seed(0)
+    model = tiny_sam2_model()
+    decoder = model.backend.mask_decoder
+    with torch.no_grad():
+        for layer in decoder.output_upscaling.modules():
+            if isinstance(layer, torch.nn.ConvTranspose2d):
+                layer.weight.normal_(0, 0.3)
+        for mlp in decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.neg_()
+            mlp.layers[-1].bias.neg_()
+    return model
+
+
+@pytest.mark.slow
+def test_hole_filling_changes_pixels_and_equals_the_official_path(tmp_path):
+    """sam2 here has no CUDA extension: both paths fill holes through `evf.sam2_compat`'s CPU
+    connected components (whose rule tests/test_sam2_compat.py checks), as EVF-SAM2 does on a GPU."""
+    _, frames_dir, _ = small_clip(tmp_path, num_frames=8)
+    model = _model_with_small_holes()
+    predictor = build_video_predictor(model, memory=None, seed=0)
+    assert predictor.fill_hole_area == 8
+    frames = VideoFrames(frames_dir)
+    tracker = TextTracker(model, predictor, frames, ["the red circle"])
+    tokens = tracker.tokens(frames.read(0), [0])
+    ours = [result.logits for result in tracker.run()]
+    theirs = official_logits(predictor.state_dict(), frames_dir, tokens)
+    for k, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"frame {k}")
+
+    predictor.fill_hole_area = 0  # what a sam2 without the extension did before: no filling
+    unfilled = [result.logits for result in TextTracker(model, predictor, frames, ["the red circle"]).run()]
+    flipped = [((a > 0) != (b > 0)) for a, b in zip(ours, unfilled, strict=True)]
+    assert all(f.sum() > 0 for f in flipped)  # frame 0, and through the memory every later frame
+    assert (ours[0][flipped[0]] > 0).all() and (unfilled[0][flipped[0]] <= 0).all()  # holes filled
