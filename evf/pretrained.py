@@ -58,6 +58,12 @@ def release_layouts() -> dict[str, ReleaseLayout]:
     return {info.family: info.release for info in infos if info.release is not None}
 
 
+Preprocessing = Literal["inference", "training"]
+PREPROCESSINGS: tuple[Preprocessing, ...] = ("inference", "training")
+PREPROCESSING_KEY = "evf_preprocessing"
+"""config.json field (ours) naming the preprocessing an exported model ran with."""
+
+
 def encoder_scales() -> dict[str, str]:
     """``mm_extractor_scale`` -> registered encoder name, from every encoder family with a release form."""
     releases = (ENCODERS.info(name).release for name in ENCODERS.names())
@@ -74,6 +80,9 @@ class ReleaseConfig:
         encoder_kwargs, backend_kwargs: factory options (``evf_*_kwargs``; empty for official releases).
         hidden_size, out_dim: projector widths the weights must have.
         presence: the release has a presence head (``evf_presence``; false for official releases).
+        preprocessing: the image preprocessing the exported model ran with (``evf_preprocessing``:
+            ``training`` for a run of ours, which `load_pretrained` then follows); None for
+            official releases (EVF-SAM's ``inference.py`` preprocessing).
     """
 
     family: str
@@ -84,6 +93,7 @@ class ReleaseConfig:
     hidden_size: int | None
     out_dim: int | None
     presence: bool = False
+    preprocessing: Preprocessing | None = None
 
     @classmethod
     def read(cls, directory: str | Path) -> ReleaseConfig:
@@ -112,10 +122,15 @@ class ReleaseConfig:
         encoder = _resolve(path, cfg, "evf_encoder", "mm_extractor_scale", encoder_scales())
         if ENCODERS.info(encoder).release is None:
             raise CheckpointError(f"{path}: evf_encoder {encoder!r} is not a BEIT-3 encoder")
+        preprocessing = cfg.get(PREPROCESSING_KEY)
+        if preprocessing not in (None, *PREPROCESSINGS):
+            raise CheckpointError(
+                f"{path}: {PREPROCESSING_KEY}={preprocessing!r}; known: {list(PREPROCESSINGS)}"
+            )
         return cls(
             family, encoder, backend, dict(cfg.get("evf_encoder_kwargs") or {}),
             dict(cfg.get("evf_backend_kwargs") or {}), cfg.get("hidden_size"), cfg.get("out_dim"),
-            bool(cfg.get("evf_presence", False)),
+            bool(cfg.get("evf_presence", False)), preprocessing,
         )  # fmt: skip
 
     def check_names(self, encoder: str, backend: str, source: str | Path) -> None:
@@ -268,9 +283,19 @@ def use_inference_preprocessing(model: EVFSAM) -> None:
         model.backend.info = replace(info, image=replace(info.image, **layout.inference_image))
 
 
+def image_preprocessing(model: EVFSAM) -> Preprocessing:
+    """Which of the family's two preprocessings ``model``'s backend runs (``training`` where they are
+    the same, as for SAM): what `evf export` records, so the export predicts as the run did."""
+    inference = release_layout(model.backend).inference_image
+    image = model.backend.info.image
+    if inference and all(getattr(image, key) == value for key, value in inference.items()):
+        return "inference"
+    return "training"
+
+
 def load_pretrained(
     path: str | Path,
-    preprocessing: Literal["inference", "training"] = "inference",
+    preprocessing: Preprocessing | None = None,
     device: str | torch.device | None = None,
 ) -> EVFSAM:
     """Build the `EVFSAM` a release directory describes and load its weights strictly.
@@ -285,16 +310,20 @@ def load_pretrained(
         path: the release directory (config.json, weights, tokenizer files).
         preprocessing: ``inference`` resizes images exactly as EVF-SAM's ``inference.py`` / demo
             (for SAM-2 and EfficientSAM a uint8 torch resize to the square input); ``training``
-            keeps the backend's registered preprocessing (EVF-SAM's training/eval data pipeline).
+            keeps the backend's registered preprocessing (EVF-SAM's training/eval data pipeline,
+            which our runs train with). None: what the release records (``evf_preprocessing``,
+            written by `evf export`: a run's export predicts as ``evf predict`` on the run does),
+            else ``inference`` (the official releases).
         device: where to put the model (weights stay float32; for bf16 / fp16 inference pass
             ``dtype=`` to `evf.Predictor` or `evf.predict_images`, which run under autocast).
 
     Returns:
         The model in eval mode.
     """
-    if preprocessing not in ("inference", "training"):
-        raise ValueError(f"preprocessing must be 'inference' or 'training', not {preprocessing!r}")
+    if preprocessing not in (None, *PREPROCESSINGS):
+        raise ValueError(f"preprocessing must be 'inference', 'training' or None, not {preprocessing!r}")
     config = ReleaseConfig.read(path)
+    preprocessing = preprocessing or config.preprocessing or "inference"
     model = create_model(
         config.encoder,
         config.backend,
@@ -309,7 +338,9 @@ def load_pretrained(
 
 
 __all__ = [
+    "PREPROCESSING_KEY",
     "ReleaseConfig",
+    "image_preprocessing",
     "encoder_scales",
     "load_pretrained",
     "load_release_weights",

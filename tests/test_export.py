@@ -139,3 +139,46 @@ def test_export_of_a_run_trained_from_an_embedding_cache_adds_its_sam_image_enco
         assert torch.equal(value, sam[key.removeprefix("backend.sam.")] if image_encoder else trained[key]), (
             key
         )
+
+
+@pytest.mark.parametrize("backend", ["sam_tiny", "sam2_tiny", "efficient_sam_tiny"])
+def test_evf_predict_on_a_run_equals_load_pretrained_of_its_export(tmp_path, backend):
+    """The export records the preprocessing the run trained and predicts with (``training``);
+    `load_pretrained` follows the record, so the export gives ``evf predict``'s masks."""
+    from PIL import Image
+
+    module = EVFSAMModule("beit3_tiny", backend)
+    perturb(module.model, seed=3)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(IMAGE).save(images / "a.png")
+    out = tmp_path / "pred"
+    main(["predict", f"--ckpt_path={tmp_path / 'run.ckpt'}", "--image", str(images), "--prompt", PROMPTS[0],
+          "--prompt", PROMPTS[1], f"--output={out}", "--trainer.accelerator=cpu"])  # fmt: skip
+    main(["export", "--ckpt_path", str(tmp_path / "run.ckpt"), "--output", str(tmp_path / "export")])
+    assert json.loads((tmp_path / "export/config.json").read_text())["evf_preprocessing"] == "training"
+
+    records = json.loads((out / "predictions.json").read_text())
+    predicted = np.stack([np.asarray(Image.open(out / r["mask"])) > 0 for r in records])
+    exported = evf.load_pretrained(tmp_path / "export")
+    np.testing.assert_array_equal(segment(exported, IMAGE, PROMPTS).masks.numpy(), predicted)
+    torch.testing.assert_close(
+        segment(exported, IMAGE, PROMPTS).logits, segment(module.model.eval(), IMAGE, PROMPTS).logits
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "images", "pred", "run.ckpt"]
+    if backend != "sam_tiny":  # SAM-2 and EfficientSAM shrink images otherwise in EVF-SAM's inference.py
+        official = evf.load_pretrained(tmp_path / "export", preprocessing="inference")
+        large = np.random.default_rng(1).integers(0, 256, (180, 240, 3), dtype=np.uint8)
+        other = segment(official, large, PROMPTS).logits
+        assert not torch.equal(other, segment(exported, large, PROMPTS).logits)
+
+
+def test_an_unknown_recorded_preprocessing_is_refused_naming_the_key(tmp_path):
+    export_release(evf.create_model("beit3_tiny", "sam_tiny"), tmp_path, "beit3_tiny", "sam_tiny")
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "evf_preprocessing": "fancy"}))
+    with pytest.raises(CheckpointError, match="evf_preprocessing='fancy'"):
+        evf.load_pretrained(tmp_path)

@@ -30,8 +30,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
     for name, units in (
         (
             "foundations",
-            "assets checkpoint errors io lightning_compat lora losses metrics open_clip_compat preprocessing prompts "
-            "registry results run_summary sam2_compat",
+            "assets checkpoint errors io lightning_compat lora losses metrics open_clip_compat preprocessing "
+            "prompts registry results run_summary sam2_compat",
         ),
         ("parts", "paths encoders sam_backends"),
         ("model", "model cache"),

@@ -27,7 +27,15 @@ from safetensors.torch import save_file
 
 from evf.checkpoint import CheckpointError, CheckpointFormat, Rule, StateDict, prefix_rules
 from evf.model import EVFSAM
-from evf.pretrained import BACKEND_PREFIX, CONFIG_NAME, ENCODER_PREFIX, encoder_scales, release_layout
+from evf.pretrained import (
+    BACKEND_PREFIX,
+    CONFIG_NAME,
+    ENCODER_PREFIX,
+    PREPROCESSING_KEY,
+    encoder_scales,
+    image_preprocessing,
+    release_layout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +169,7 @@ def release_config(
         "evf_encoder_kwargs": encoder_kwargs,
         "evf_backend_kwargs": backend_kwargs,
         "evf_presence": model.has_presence,
+        PREPROCESSING_KEY: image_preprocessing(model),
     }
 
 
