@@ -7,10 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import evf
 from evf.assets import ASSETS
 from evf.checkpoint import CheckpointError
 from evf.cli import main
+from evf.demo.cli import load_model
+from evf.io import read_rgb
 from evf.paths import portable_path, resolve_path
+from tests.helpers import segment
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -32,7 +36,9 @@ def test_assets_are_stored_package_relative_and_other_paths_absolute(tmp_path, m
 
 
 @pytest.mark.slow
-def test_a_run_trained_in_one_folder_validates_and_predicts_from_another(tmp_path, monkeypatch, capsys):
+def test_a_run_trained_in_one_folder_validates_predicts_exports_and_serves_the_demo_from_another(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(ROOT)  # the quickstart config names its assets relative to the repository root
     run = tmp_path / "run"
     data = ["--data.init_args.num_train=2", "--data.init_args.num_val=1", "--data.init_args.batch_size=2",
@@ -60,6 +66,14 @@ def test_a_run_trained_in_one_folder_validates_and_predicts_from_another(tmp_pat
           f"--output={elsewhere / 'out'}", "--trainer.accelerator=cpu"])  # fmt: skip
     assert json.loads((elsewhere / "out" / "predictions.json").read_text())[0]["area"] >= 0
     assert [p.name for p in elsewhere.iterdir()] == ["out"]  # predict writes only under --output
+    main(["export", f"--ckpt_path={ckpt}", f"--output={elsewhere / 'export'}"])
+    exported = evf.load_pretrained(elsewhere / "export")
+    demo_model, title = load_model(ckpt_path=ckpt)  # what `evf demo --ckpt_path` serves
+    assert "beit3_tiny + sam_tiny" in title
+    rgb = read_rgb(image)
+    torch.testing.assert_close(
+        segment(exported, rgb, ["the red circle"]).logits, segment(demo_model, rgb, ["the red circle"]).logits
+    )
     capsys.readouterr()
     missing = elsewhere / "sam_copy.pt"
     with pytest.raises(SystemExit) as exit_:  # the given path wins: it is the one found missing
