@@ -12,15 +12,50 @@ report = evf.predict_images(model, "photos/", ["the dog"], output="masks")  # fi
 video = evf.predict_video(model, "clip.mp4", ["the dog"], output="out")  # SAM-2 backends: tracked masks
 """
 
-from evf.decode import Prediction
-from evf.encoders import create_encoder, list_encoders
-from evf.model import EVFSAM, TrainableParts, create_model
-from evf.prediction import predict_images
-from evf.predictor import Predictor
-from evf.pretrained import load_pretrained
-from evf.prompts import Prompt
-from evf.sam_backends import create_backend, list_backends
-from evf.video import predict_video
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use: `import evf` stays light, and torch-free parts (evf.deploy.OnnxPredictor,
+# evf.prompts) load without torch.
+_LAZY = {
+    "EVFSAM": "evf.model",
+    "Prediction": "evf.decode",
+    "Predictor": "evf.predictor",
+    "Prompt": "evf.prompts",
+    "TrainableParts": "evf.model",
+    "create_backend": "evf.sam_backends",
+    "create_encoder": "evf.encoders",
+    "create_model": "evf.model",
+    "list_backends": "evf.sam_backends",
+    "list_encoders": "evf.encoders",
+    "load_pretrained": "evf.pretrained",
+    "predict_images": "evf.prediction",
+    "predict_video": "evf.video",
+}
+
+if TYPE_CHECKING:
+    from evf.decode import Prediction
+    from evf.encoders import create_encoder, list_encoders
+    from evf.model import EVFSAM, TrainableParts, create_model
+    from evf.prediction import predict_images
+    from evf.predictor import Predictor
+    from evf.pretrained import load_pretrained
+    from evf.prompts import Prompt
+    from evf.sam_backends import create_backend, list_backends
+    from evf.video import predict_video
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'evf' has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "EVFSAM",

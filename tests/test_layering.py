@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("model", "model cache"),
         ("batch", "batch optim pretrained run_checkpoint sweep"),
         ("decode", "decode inputs visualize"),
-        ("interactive and evaluation", "predictor evaluation"),
+        ("interactive, evaluation and deployment", "predictor evaluation deploy"),
         ("files and folders", "prediction"),
         ("training, data and video", "module datamodules video"),
         ("commands and the demo", "cli demo"),

@@ -247,6 +247,23 @@ class SamBackend(nn.Module, ABC):
         """
 
     @abstractmethod
+    def decode_sparse(
+        self, features: ImageFeatures, image_index: torch.Tensor, sparse: torch.Tensor
+    ) -> DecoderOutput:
+        """`decode` from the finished sparse prompt ``[N,T,prompt_dim]`` (geometry tokens, then the
+        text): the mask decoder alone, with the family's "no mask" dense prompt (`evf.deploy`'s
+        decoder graph)."""
+
+    @abstractmethod
+    def embed_geometry(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Point and box prompts as sparse tokens ``[N,K,prompt_dim]``, from ``[N,K,2]`` input-frame
+        coordinates and ``[N,K]`` labels in one convention for every family (SAM's ONNX one): 1
+        foreground, 0 background, -1 padding, 2 / 3 a box's top-left / bottom-right corner. The
+        family's own order and padding (`evf.deploy.geometry`) make ``coords`` / ``labels``; with
+        them, ``decode_sparse(f, i, cat([embed_geometry(c, l), text]))`` equals `decode` (`evf.deploy`'s
+        geometry graph)."""
+
+    @abstractmethod
     def postprocess(
         self, low_res_logits: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
     ) -> torch.Tensor:

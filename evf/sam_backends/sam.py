@@ -58,10 +58,28 @@ class SamViTBackend(SamBackend):
         points: PointPrompts | None = None,
         boxes: torch.Tensor | None = None,
     ) -> DecoderOutput:
-        sparse, dense = self._embed_prompts(len(image_index), text_tokens, points, boxes)
+        sparse, _ = self._embed_prompts(len(image_index), text_tokens, points, boxes)
+        return self.decode_sparse(features, image_index, sparse)
+
+    def decode_sparse(
+        self, features: ImageFeatures, image_index: torch.Tensor, sparse: torch.Tensor
+    ) -> DecoderOutput:
         embeddings = features["image_embeddings"][image_index]
-        logits, iou = self.predict_masks(embeddings, sparse, dense)
+        no_mask = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(embeddings.dtype)
+        dense = no_mask.expand(image_index.shape[0], -1, *embeddings.shape[-2:])
+        logits, iou = self.predict_masks(embeddings, sparse.to(embeddings.dtype), dense)
         return DecoderOutput(logits=logits[:, :1], iou=iou[:, :1])
+
+    def embed_geometry(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """As upstream's ``_embed_points`` (labels -1, 0, 1) and ``_embed_boxes`` (2, 3: corner
+        embeddings) in one pass, as segment-anything's ``SamOnnxModel._embed_points``."""
+        encoder = self.sam.prompt_encoder
+        pe = encoder.pe_layer.forward_with_coords(coords + 0.5, encoder.input_image_size)
+        labels = labels[..., None]
+        pe = torch.where(labels == -1, 0.0, pe) + (labels == -1) * encoder.not_a_point_embed.weight
+        for i, embedding in enumerate(encoder.point_embeddings):
+            pe = pe + (labels == i) * embedding.weight
+        return pe
 
     def _embed_prompts(
         self,

@@ -105,15 +105,23 @@ class Sam2Backend(SamBackend):
 
         Logits are ``[N,1,S/4,S/4]``, IoU ``[N,1]``.
         """
-        sparse, dense = self._embed_prompts(len(image_index), text_tokens, points, boxes)
+        sparse, _ = self._embed_prompts(len(image_index), text_tokens, points, boxes)
+        return self.decode_sparse(features, image_index, sparse)
+
+    def decode_sparse(
+        self, features: ImageFeatures, image_index: torch.Tensor, sparse: torch.Tensor
+    ) -> DecoderOutput:
         dec = self.sam2.mask_decoder
+        embeddings = features["image_embed"]
+        no_mask = self.sam2.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(embeddings.dtype)
+        dense = no_mask.expand(image_index.shape[0], -1, *embeddings.shape[-2:])
         # Per image, before the gather (as SAM2Base.forward_image), but here so that they train with
         # the decoder: encode_image runs without autograd while the image encoder is frozen.
         high_res = [dec.conv_s0(features["high_res_s4"]), dec.conv_s1(features["high_res_s8"])]
         masks, iou, _, _ = dec(
             image_embeddings=features["image_embed"][image_index],
             image_pe=self.sam2.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
+            sparse_prompt_embeddings=sparse.to(embeddings.dtype),
             dense_prompt_embeddings=dense,
             multimask_output=True,
             repeat_image=False,
@@ -122,6 +130,11 @@ class Sam2Backend(SamBackend):
         best = iou.argmax(dim=1, keepdim=True)
         logits = masks.gather(1, best[:, :, None, None].expand(-1, -1, *masks.shape[-2:]))
         return DecoderOutput(logits=logits, iou=iou.gather(1, best))
+
+    def embed_geometry(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """sam2's ``_embed_points`` (it takes box corners as labels 2 and 3), its padding point left
+        to the caller."""
+        return self.sam2.prompt_encoder._embed_points(coords, labels, pad=False)
 
     def _embed_prompts(
         self,

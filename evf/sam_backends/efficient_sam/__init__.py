@@ -75,10 +75,20 @@ class EfficientSamBackend(SamBackend):
         boxes: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """Single-mask output (token 0): logits ``[N,1,S/4,S/4]``, IoU ``[N,1]``."""
-        sparse = self._embed_prompts(len(image_index), text_tokens, points, boxes)
+        return self.decode_sparse(
+            features, image_index, self._embed_prompts(len(image_index), text_tokens, points, boxes)
+        )
+
+    def decode_sparse(
+        self, features: ImageFeatures, image_index: torch.Tensor, sparse: torch.Tensor
+    ) -> DecoderOutput:
         image_pe = self.sam.prompt_encoder.get_dense_pe().to(sparse.dtype)
         masks, iou = self.sam.mask_decoder(features["image_embeddings"][image_index], image_pe, sparse)
         return DecoderOutput(logits=masks[:, :1], iou=iou[:, :1])
+
+    def embed_geometry(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Upstream's prompt encoder on ``max_points`` padded points (the caller pads)."""
+        return self.sam.prompt_encoder(coords, labels)
 
     def _embed_prompts(
         self,
