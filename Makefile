@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# sam2 against it (no isolated build env, which would fetch another multi-GB torch).
 	$(PIP) install -q $(PIN) torch torchvision setuptools wheel
 	SAM2_BUILD_CUDA=0 $(PIP) install -q $(PIN) --no-build-isolation sam2
-	$(PIP) install -q $(PIN) -e '.[test,demo,lora]'
+	$(PIP) install -q $(PIN) -e '.[test,demo,lora,deploy]'
 	# Test-only reference for the BEIT-3 parity test; its pins clash with timm 1.x, hence --no-deps.
 	$(PIP) install -q --no-deps --no-build-isolation torchscale==0.3.0 fairscale==0.4.0
 	touch $@

@@ -41,7 +41,10 @@ TOOLS: dict[str, tuple[str, str]] = {
     "demo": ("evf.demo.cli:demo", "a Gradio page: upload an image, type expressions, see masks (evf[demo])"),
     "annotate-objects365": ("evf.tools.annotate_objects365:main", "SAM masks for Objects365 boxes"),
     "cache-embeddings": ("evf.tools.cache_embeddings:CacheEmbeddingsCLI", "SAM image features to disk"),
-    "export": ("evf.tools.export:export", "a .ckpt in the released EVF-SAM layout (--ckpt_path, --output)"),
+    "export": (
+        "evf.tools.export:export",
+        "a .ckpt in the released EVF-SAM layout, or ONNX graphs (--format onnx; --ckpt_path / --pretrained)",
+    ),
     "pretrain-sam": ("evf.tools.pretrain_sam:pretrain_sam", "train sam_tiny on shapes with SAM's objective"),
     "pretrain-encoder": (
         "evf.tools.pretrain_encoder:pretrain_encoder",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from safetensors.torch import save_file
 
@@ -51,19 +51,26 @@ _NOT_EXPORTED_KWARGS = ("tokenizer", "checkpoint")
 
 def export(
     *,
-    ckpt_path: Path,
     output: Path,
+    ckpt_path: Path | None = None,
+    pretrained: Path | None = None,
+    format: Literal["release", "onnx"] = "release",
     tokenizer: Path | None = None,
     backend_checkpoint: Path | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a trained EVF-SAM checkpoint in the released EVF-SAM layout.
+    """Write a trained EVF-SAM model in the released EVF-SAM layout, or as ONNX graphs.
 
     Args:
+        output: the directory to write (release: config.json, model.safetensors, tokenizer files;
+            onnx: four graphs, deploy.json and the tokenizer files, `evf.deploy`).
         ckpt_path: our Lightning checkpoint (``EVFSAMModule``; every weight comes from it, except
             the frozen SAM image encoder of a run trained from an embedding cache, which its
             checkpoint does not hold).
-        output: the directory to write (config.json, model.safetensors, tokenizer files).
+        pretrained: instead of ``ckpt_path``, a released or exported directory (`evf.load_pretrained`;
+            ``--format onnx`` only).
+        format: ``release`` (EVF-SAM's layout) or ``onnx`` (`evf.deploy.export_onnx`, checked in
+            onnxruntime before it returns).
         tokenizer: the encoder's tokenizer file or directory to copy (default: the one the run used).
         backend_checkpoint: for a run trained from an embedding cache (its checkpoint holds no SAM
             image encoder), the SAM weights the cache was built from (their hash is checked).
@@ -72,22 +79,37 @@ def export(
     Returns:
         The output directory.
     """
-    from evf.module import EVFSAMModule  # deferred: Lightning is only needed here
+    if (ckpt_path is None) == (pretrained is None):
+        raise CheckpointError("give either --ckpt_path RUN.ckpt or --pretrained DIR (one of them)")
+    if pretrained is not None:
+        if format != "onnx":
+            raise CheckpointError(
+                "--pretrained is already in the released layout: export it with --format onnx"
+            )
+        from evf.pretrained import ReleaseConfig, load_pretrained
 
-    module = EVFSAMModule.load_for_inference(ckpt_path, backend_checkpoint, tokenizer)
-    merged = module.model.merge_lora()  # the released layout has no adapters: fold them in
-    hp = module.hparams
-    written = export_release(
-        module.model,
-        output,
-        hp.encoder,
-        hp.backend,
-        hp.encoder_kwargs,
-        hp.backend_kwargs,
-        overwrite=overwrite,
-    )
+        config = ReleaseConfig.read(pretrained)
+        model, encoder, backend, merged = load_pretrained(pretrained), config.encoder, config.backend, 0
+    else:
+        from evf.module import EVFSAMModule  # deferred: Lightning is only needed here
+
+        module = EVFSAMModule.load_for_inference(ckpt_path, backend_checkpoint, tokenizer)
+        merged = module.model.merge_lora()  # neither layout has adapters: fold them in
+        model, hp = module.model, module.hparams
+        encoder, backend = hp.encoder, hp.backend
     adapters = f", {merged} LoRA-adapted layer(s) merged into their base weights" if merged else ""
-    print(f"evf export: wrote {written} ({hp.encoder} + {hp.backend}, released EVF-SAM layout{adapters})")
+    if format == "onnx":
+        from evf.deploy import export_onnx
+
+        written = export_onnx(model, output, encoder, backend, overwrite=overwrite)
+        graphs = ", ".join(sorted(p.name for p in written.glob("*.onnx")))
+        what = f"ONNX {graphs}, checked in onnxruntime{adapters}"
+        print(f"evf export: wrote {written} ({encoder} + {backend}, {what})")
+        return written
+    written = export_release(
+        model, output, encoder, backend, hp.encoder_kwargs, hp.backend_kwargs, overwrite=overwrite
+    )
+    print(f"evf export: wrote {written} ({encoder} + {backend}, released EVF-SAM layout{adapters})")
     return written
 
 

@@ -86,16 +86,31 @@ def test_the_onnx_predictor_loads_no_torch(exported):
     assert result.stdout.split()[-1] == "False" and "(1, 40, 50)" in result.stdout
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        ImageSpec(64, (0.5,) * 3, (0.5,) * 3, resize="square", interpolation="bicubic", resampler="torch", antialias=False),
-        ImageSpec(128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), resize="square", interpolation="bilinear", resampler="pil"),
-        ImageSpec(128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), resize="longest_side_stretch", interpolation="bilinear", resampler="pil"),
-        ImageSpec(128, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), pixel_scale=255.0, resize="longest_side_pad", interpolation="bilinear", resampler="pil"),
-        ImageSpec(128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), resize="square", interpolation="bilinear", resampler="torch_uint8"),
-    ],
-)  # fmt: skip
+HALF, IMAGENET, SAM_PIXELS = (
+    ((0.5,) * 3, (0.5,) * 3),
+    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    (
+        (123.675, 116.28, 103.53),
+        (58.395, 57.12, 57.375),
+    ),
+)
+SPECS = [  # every encoder and backend preprocessing the released models and our runs use
+    ImageSpec(64, *HALF, interpolation="bicubic", resampler="torch", antialias=False),  # BEIT-3
+    ImageSpec(128, *IMAGENET, interpolation="bilinear", resampler="pil"),  # SAM-2 (runs)
+    ImageSpec(128, *IMAGENET, resize="longest_side_stretch", interpolation="bilinear", resampler="pil"),
+    ImageSpec(
+        128,
+        *SAM_PIXELS,
+        pixel_scale=255.0,
+        resize="longest_side_pad",
+        interpolation="bilinear",
+        resampler="pil",
+    ),
+    ImageSpec(128, *IMAGENET, interpolation="bilinear", resampler="torch_uint8"),  # EVF-SAM inference.py
+]
+
+
+@pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("shape", [(90, 120, 3), (200, 150, 3)])
 def test_numpy_preprocessing_equals_the_image_spec(spec, shape):
     import dataclasses
@@ -118,3 +133,33 @@ def test_export_refuses_an_existing_export_and_unmerged_adapters(tmp_path):
     (tmp_path / "deploy.json").write_text("{}")
     with pytest.raises(CheckpointError, match="already holds an ONNX export"):
         export_onnx(evf.create_model("beit3_tiny", "sam_tiny"), tmp_path, "beit3_tiny", "sam_tiny")
+
+
+@pytest.mark.slow
+def test_export_cli_writes_onnx_from_a_run_and_from_a_release(tmp_path, capsys):
+    import lightning as L
+
+    from evf.cli import main
+    from evf.module import EVFSAMModule
+    from evf.tools.export import export_release
+
+    module = EVFSAMModule("beit3_tiny", "sam_tiny")
+    perturb(module.model, seed=6)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    main(["export", "--format=onnx", f"--ckpt_path={tmp_path / 'run.ckpt'}", f"--output={tmp_path / 'onnx'}"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"evf export: wrote {tmp_path / 'onnx'} (beit3_tiny + sam_tiny, ONNX decoder.onnx")
+    export_release(module.model, tmp_path / "release", "beit3_tiny", "sam_tiny")
+    main(
+        ["export", "--format=onnx", f"--pretrained={tmp_path / 'release'}", f"--output={tmp_path / 'onnx2'}"]
+    )
+    a, b = OnnxPredictor(tmp_path / "onnx"), OnnxPredictor(tmp_path / "onnx2")
+    for p in (a, b):
+        p.set_image(IMAGE)
+    np.testing.assert_allclose(a.predict(PROMPTS).logits, b.predict(PROMPTS).logits, atol=1e-5, rtol=0)
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", f"--pretrained={tmp_path / 'release'}", f"--output={tmp_path / 'x'}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "export it with --format onnx" in err and "Traceback" not in err
