@@ -55,6 +55,7 @@ TOOLS: dict[str, tuple[str, str]] = {
         "read every sample of a data config; report (--config)",
     ),
     "predict-video": ("evf.tools.predict_video:predict_video", "text-prompted masks through a clip (SAM-2)"),
+    "serve": ("evf.serve.server:serve", "HTTP JSON API on LitServe: POST /images, /segment; GET /health"),
 }
 
 SUBCOMMAND_HELP = "subcommands: fit, validate, test, predict (LightningCLI; `evf SUBCOMMAND --help`)"

@@ -102,6 +102,13 @@ class OnnxPredictor:
     def set_image(self, image: np.ndarray, features: dict[str, np.ndarray] | None = None) -> None:
         """Preprocess ``image`` (uint8 ``[H,W,3]`` RGB) and run the image encoder graph once, unless
         its ``features`` (one image's, with a leading dimension of 1) are given."""
+        self.set_image_state(*self.image_state(image, features))
+
+    def image_state(
+        self, image: np.ndarray, features: dict[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[int, int], tuple[int, int]]:
+        """What `set_image` keeps of ``image``: features, encoder pixels, input and original size
+        (a server caches it, `set_image_state` takes it back)."""
         encoder_pixels = transform_image(self.encoder_spec, image)[None]
         if features is None:
             pixels = transform_image(self.backend_spec, image)[None]
@@ -109,10 +116,18 @@ class OnnxPredictor:
             features = dict(
                 zip(keys, self.sessions["image_encoder"].run(keys, {"pixels": pixels}), strict=True)
             )
-        self._features = features
-        self._encoder_pixels = encoder_pixels
         original = tuple(image.shape[:2])
-        self._sizes = (resized_size(self.backend_spec, *original), original)
+        return features, encoder_pixels, resized_size(self.backend_spec, *original), original
+
+    def set_image_state(
+        self,
+        features: dict[str, np.ndarray],
+        encoder_pixels: np.ndarray,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> None:
+        self._features, self._encoder_pixels = features, encoder_pixels
+        self._sizes = (tuple(input_size), tuple(original_size))
 
     @property
     def features(self) -> dict[str, np.ndarray]:

@@ -1,0 +1,1 @@
+"""``evf serve``: EVF-SAM over HTTP on LitServe (`evf.serve.server`)."""
