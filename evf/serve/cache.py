@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class FeatureCache:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_entries = max_entries
+        # This process's copies of the entries it read or wrote, valid while the file is there.
+        self._memory: OrderedDict[str, ImageState] = OrderedDict()
 
     def _path(self, image_id: str, suffix: str) -> Path:
         if not image_id or not all(c in "0123456789abcdef" for c in image_id):
@@ -53,16 +56,24 @@ class FeatureCache:
     def get(self, image_id: str) -> ImageState | None:
         try:
             path = self._path(image_id, ".npz")
+            os.utime(path)  # recently used (and still there: another process may have evicted it)
+            if image_id in self._memory:
+                self._memory.move_to_end(image_id)
+                return self._memory[image_id]
             with np.load(path) as data:
                 arrays = {k: data[k] for k in data.files}
-            os.utime(path)  # recently used
         except (KeyError, FileNotFoundError, ValueError, OSError):
+            self._memory.pop(image_id, None)
             return None
-        sizes = arrays.pop("__sizes__")
-        encoder_pixels = arrays.pop("__encoder_pixels__")
-        return ImageState(
-            arrays, encoder_pixels, tuple(int(v) for v in sizes[:2]), tuple(int(v) for v in sizes[2:])
-        )
+        sizes = [int(v) for v in arrays.pop("__sizes__")]
+        state = ImageState(arrays, arrays.pop("__encoder_pixels__"), tuple(sizes[:2]), tuple(sizes[2:]))
+        self._remember(image_id, state)
+        return state
+
+    def _remember(self, image_id: str, state: ImageState) -> None:
+        self._memory[image_id] = state
+        while len(self._memory) > self.max_entries:
+            self._memory.popitem(last=False)
 
     def put(self, image_id: str, state: ImageState) -> None:
         arrays = {**state.features, "__encoder_pixels__": state.encoder_pixels,
@@ -74,6 +85,7 @@ class FeatureCache:
             with tempfile.NamedTemporaryFile(dir=self.directory, suffix=".tmp", delete=False) as f:
                 write(f)
             os.replace(f.name, self._path(image_id, suffix))
+        self._remember(image_id, state)
         self._evict()
 
     def __len__(self) -> int:
