@@ -22,6 +22,7 @@ from functools import wraps
 from typing import Any
 
 import gradio as gr
+import torch
 
 from evf.demo.drawing import legend_html, masks_overlay, prompt_marks, timing_text
 from evf.demo.session import DemoInputError, DemoSession, drawn_geometry
@@ -67,13 +68,15 @@ def _on_the_page(fn: Callable[..., Any], outputs: int, status: int | None = None
     return wrapper
 
 
-def build_app(model: EVFSAM, title: str = "EVF-SAM demo", threshold: float = 0.0) -> gr.Blocks:
+def build_app(
+    model: EVFSAM, title: str = "EVF-SAM demo", threshold: float = 0.0, dtype: torch.dtype | None = None
+) -> gr.Blocks:
     """The demo page around ``model`` (put in eval mode; shared by every visitor, each with their
-    own `DemoSession` in a `gr.State`)."""
+    own `DemoSession` in a `gr.State`); ``dtype``: autocast compute dtype (`evf.Predictor`)."""
     model.eval()
 
     def session_of(session: DemoSession | None) -> DemoSession:
-        return session if session is not None else DemoSession(model, threshold)
+        return session if session is not None else DemoSession(model, threshold, dtype)
 
     def canvas(session: DemoSession, points: str, box: str):
         return prompt_marks(session.image, *drawn_geometry(points, box), session.pending_corner)

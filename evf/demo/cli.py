@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -50,6 +51,7 @@ def demo(
     device: str | None = None,
     backend_checkpoint: Path | None = None,
     threshold: float = 0.0,
+    precision: Literal["fp32", "bf16"] = "fp32",
 ) -> None:
     """Serve a web page that segments uploaded images with a trained or released EVF-SAM model.
 
@@ -62,6 +64,8 @@ def demo(
         backend_checkpoint: for a run trained from an embedding cache, the SAM weights the cache
             was built from (its checkpoint holds no SAM image encoder).
         threshold: logit threshold of the masks.
+        precision: ``bf16`` computes under autocast (on a CPU with AVX-512 BF16, faster; masks
+            agree with fp32 as benchmarks/deploy.md measures).
     """
     try:
         from evf.demo.app import build_app
@@ -69,7 +73,8 @@ def demo(
         raise SystemExit(f"evf: error: evf demo needs gradio ({err}): pip install 'evf[demo]'") from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, title = load_model(ckpt_path, pretrained, backend_checkpoint, device)
-    build_app(model, title, threshold).launch(server_name=host, server_port=port)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    build_app(model, title, threshold, dtype).launch(server_name=host, server_port=port)
 
 
 __all__ = ["demo", "load_model"]

@@ -66,8 +66,8 @@ class DemoSession:
         threshold: logit threshold of the masks.
     """
 
-    def __init__(self, model: EVFSAM, threshold: float = 0.0) -> None:
-        self.predictor = Predictor(model, threshold)
+    def __init__(self, model: EVFSAM, threshold: float = 0.0, dtype: torch.dtype | None = None) -> None:
+        self.predictor = Predictor(model, threshold, dtype=dtype)
         self.source: Path | None = None
         self.image: np.ndarray | None = None
         self.encode_ms = 0.0
