@@ -40,7 +40,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("interactive, evaluation and deployment", "predictor evaluation deploy"),
         ("files and folders", "prediction"),
         ("training, data and video", "module datamodules video"),
-        ("commands, the demo and the server", "cli demo serve"),
+        ("commands and the demo", "cli demo"),
+        ("the server", "serve"),
         ("tools", "tools"),
     )
 )
