@@ -29,6 +29,21 @@ def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, n
     return low, high, frac
 
 
+def _bilinear_cv2(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """OpenCV's ``INTER_LINEAR`` on float32 has torch's ``align_corners=False`` arithmetic (within
+    1e-5) and is several times faster on large masks: channels go through it 512 at a time."""
+    import cv2
+
+    (in_h, in_w), (out_h, out_w) = x.shape[-2:], size
+    flat = x.reshape(-1, in_h, in_w)
+    out = np.empty((len(flat), out_h, out_w), dtype=np.float32)
+    for start in range(0, len(flat), 512):
+        chunk = np.ascontiguousarray(flat[start : start + 512].transpose(1, 2, 0))
+        resized = cv2.resize(chunk, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        out[start : start + 512] = resized.reshape(out_h, out_w, -1).transpose(2, 0, 1)
+    return out.reshape(*x.shape[:-2], out_h, out_w)
+
+
 def _cubic_weights(t: np.ndarray) -> np.ndarray:
     """``[n]`` fractions -> ``[n,4]`` weights of the taps at -1, 0, 1, 2."""
     a = _CUBIC_A
@@ -50,6 +65,8 @@ def resize(x: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
         return x.astype(np.float32, copy=True)
     x = x.astype(np.float32, copy=False)
     if mode == "bilinear":
+        return _bilinear_cv2(x, (out_h, out_w))
+    if mode == "bilinear_numpy":  # the same arithmetic without OpenCV (the reference in tests)
         lo, hi, f = _linear_taps(in_h, out_h)
         x = x[..., lo, :] * (1 - f)[:, None] + x[..., hi, :] * f[:, None]
         lo, hi, f = _linear_taps(in_w, out_w)
