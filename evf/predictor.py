@@ -23,7 +23,7 @@ import torch
 from evf.batch import BatchBuilder, ImageInputs
 from evf.decode import Prediction, check_presence_threshold, decode, image_features
 from evf.model import EVFSAM
-from evf.prompts import Prompt, prompts_from_arrays
+from evf.prompts import Prompt, as_prompts
 from evf.sam_backends import ImageFeatures
 
 
@@ -131,14 +131,7 @@ class Predictor:
         """
         if self._image is None or self._features is None:
             raise RuntimeError("call set_image(image) before predict(prompts)")
-        if isinstance(prompts, str | Prompt):
-            prompts = [prompts]
-        if prompts is None or any(x is not None for x in (points, point_labels, boxes)):
-            prompts = prompts_from_arrays(prompts, points, point_labels, boxes)
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("predict needs at least one prompt (text, points or a box)")
-        prompts = [p if isinstance(p, Prompt) else Prompt(p) for p in prompts]
+        prompts = as_prompts(prompts, points, point_labels, boxes)
         batch = self.builder.prompt_batch(self._image, [prompts], ["image"]).to(self.device)
         with autocast_to(self.device, self.dtype):
             return decode(

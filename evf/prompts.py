@@ -62,6 +62,28 @@ class Prompt:
         return self.text is not None, self.box is not None, len(self.points)
 
 
+def as_prompts(
+    prompts: str | Prompt | Sequence[str | Prompt] | None,
+    points: Sequence[np.ndarray] | np.ndarray | None = None,
+    point_labels: Sequence[np.ndarray] | np.ndarray | None = None,
+    boxes: np.ndarray | None = None,
+) -> list[Prompt]:
+    """What a predictor's ``predict`` takes -> `Prompt` s: one expression or `Prompt`, a list of
+    them, or SamPredictor-style per-prompt arrays (`prompts_from_arrays`).
+
+    Raises:
+        ValueError: no prompt at all, lists of different lengths, or a malformed prompt.
+    """
+    if isinstance(prompts, str | Prompt):
+        prompts = [prompts]
+    if prompts is None or any(x is not None for x in (points, point_labels, boxes)):
+        prompts = prompts_from_arrays(prompts, points, point_labels, boxes)
+    prompts = [p if isinstance(p, Prompt) else Prompt(p) for p in prompts]
+    if not prompts:
+        raise ValueError("predict needs at least one prompt (text, points or a box)")
+    return prompts
+
+
 def prompts_from_arrays(
     texts: Sequence[str | Prompt] | None,
     points: Sequence[np.ndarray] | np.ndarray | None = None,
@@ -96,4 +118,4 @@ def prompts_from_arrays(
     return prompts
 
 
-__all__ = ["Prompt", "prompts_from_arrays"]
+__all__ = ["Prompt", "as_prompts", "prompts_from_arrays"]

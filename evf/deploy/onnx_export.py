@@ -178,8 +178,11 @@ def _graphs(model: EVFSAM, keys: list[str]) -> dict[str, tuple[nn.Module, list[s
     }
 
 
-def _parameter_bytes(module: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+def _weight_bytes(program: Any) -> int:
+    """Bytes of the weights a graph holds: only what it uses (a geometry graph built around the
+    whole backend keeps the prompt encoder's few tensors)."""
+    values = program.model.graph.initializers.values()
+    return sum(v.const_value.nbytes for v in values if v.const_value is not None)
 
 
 def export_onnx(
@@ -217,13 +220,13 @@ def export_onnx(
     for name, (graph, output_names) in _graphs(model, keys).items():
         inputs = examples[name]
         path = output / f"{name}.onnx"
-        external = _parameter_bytes(graph) > EXTERNAL_DATA_BYTES
         with torch.no_grad():
             expected = graph(*inputs.values())
             program = torch.onnx.export(
                 graph, tuple(inputs.values()), dynamic_shapes=tuple(dims[name].get(k, {}) for k in inputs),
                 input_names=list(inputs), output_names=output_names, dynamo=True, verbose=False,
             )  # fmt: skip
+        external = _weight_bytes(program) > EXTERNAL_DATA_BYTES
         program.save(str(path), external_data=external)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(output_names, {k: v.numpy() for k, v in inputs.items()})

@@ -21,7 +21,7 @@ import numpy as np
 from evf.deploy.geometry import compose
 from evf.deploy.manifest import FORMAT, MANIFEST
 from evf.deploy.numpy_image import postprocess, resized_size, transform_coords, transform_image
-from evf.prompts import Prompt, prompts_from_arrays
+from evf.prompts import Prompt, as_prompts
 
 
 @dataclass
@@ -158,13 +158,7 @@ class OnnxPredictor:
     ) -> OnnxPrediction:
         """Masks for ``prompts`` on the current image, in order (the arguments of `evf.Predictor.predict`)."""
         features = self.features
-        if isinstance(prompts, str | Prompt):
-            prompts = [prompts]
-        if prompts is None or any(x is not None for x in (points, point_labels, boxes)):
-            prompts = prompts_from_arrays(prompts, points, point_labels, boxes)
-        prompts = [p if isinstance(p, Prompt) else Prompt(p) for p in prompts]
-        if not prompts:
-            raise ValueError("predict needs at least one prompt (text, points or a box)")
+        prompts = as_prompts(prompts, points, point_labels, boxes)
         (input_size, original_size), n = self._sizes, len(prompts)
         text_rows = [i for i, p in enumerate(prompts) if p.text is not None]
         text_tokens: dict[int, np.ndarray] = {}
