@@ -48,6 +48,7 @@ def learning_curve(run_dir: Path) -> list[tuple[int, float, float]]:
 def per_kind(ckpt: Path) -> dict[str, dict[str, float]]:
     """cIoU / gIoU per expression kind on the validation split, plus 'all'."""
     from evf.datamodules import ShapesDataModule
+    from evf.decode import decode
     from evf.metrics import ReferringIoU
     from evf.module import EVFSAMModule
 
@@ -60,7 +61,7 @@ def per_kind(ckpt: Path) -> dict[str, dict[str, float]]:
     metrics: dict[str, ReferringIoU] = defaultdict(ReferringIoU)
     with torch.no_grad():
         for batch in data.val_dataloader()[0]:
-            logits = [p.logits for p in module(batch)]
+            logits = [p.logits for p in decode(module.model, batch)]
             kinds = batch.kinds
             n = 0
             for pred, target in zip(logits, batch.masks, strict=True):

@@ -108,11 +108,17 @@ def test_official_beit3_reads_the_export_strictly_and_ignores_the_zero_placehold
 
 
 @pytest.mark.parametrize(
-    "encoder_kwargs", [{"fusion": "late", "feature": "concat"}, {"fusion_layers": 2}, {"feature": "cls_text"}]
+    ("encoder_kwargs", "reason"),
+    [
+        ({"fusion": "late", "feature": "concat"}, "early fusion in every layer"),
+        ({"fusion_layers": 2}, "early fusion in every layer"),
+        ({"feature": "cls_text"}, "early fusion in every layer"),
+        ({"sub_ln": False}, "sub_ln=False"),
+    ],
 )
-def test_export_refuses_what_the_released_layout_cannot_describe(tmp_path, encoder_kwargs):
+def test_export_refuses_what_the_released_layout_cannot_describe(tmp_path, encoder_kwargs, reason):
     model = evf.create_model("beit3_tiny", "sam_tiny", encoder_kwargs=encoder_kwargs)
-    with pytest.raises(CheckpointError, match="early fusion in every layer"):
+    with pytest.raises(CheckpointError, match=reason):
         export_release(model, tmp_path, "beit3_tiny", "sam_tiny", encoder_kwargs)
     assert not (tmp_path / "model.safetensors").exists()
 

@@ -1,6 +1,7 @@
 """The quickstart runs the paper's recipe: the shipped pretrained tiny SAM, frozen behind the embedding
 cache, and checkpoints on the pooled ``val/ciou`` whatever the data."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,8 @@ def test_the_quickstart_starts_from_the_shipped_pretrained_encoder(monkeypatch):
     monkeypatch.chdir(ROOT)
     model = yaml.safe_load(QUICKSTART.read_text())["model"]
     module = EVFSAMModule(**{k: v for k, v in model.items() if k != "optim"}, use_embedding_cache=True)
-    shipped = evf.create_encoder("beit3_tiny", checkpoint=BEIT3_TINY_SHAPES).state_dict()
+    architecture = json.loads(BEIT3_TINY_SHAPES.with_suffix(".json").read_text())["encoder_kwargs"]
+    assert module.model.encoder.sub_ln == architecture["sub_ln"]  # the file decides, as pretrained
+    shipped = evf.create_encoder("beit3_tiny", checkpoint=BEIT3_TINY_SHAPES, **architecture).state_dict()
     ours = module.model.encoder.state_dict()
     assert ours.keys() == shipped.keys() and all(torch.equal(ours[k], shipped[k]) for k in ours)

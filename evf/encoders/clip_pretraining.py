@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,9 +69,11 @@ class CLIPContrastive(PretrainObjective):
         self.load_head_state({"logit_scale": read_state_dict(path)["logit_scale"]})
 
 
-def build_objective(encoder: str, tokenizer: str | Path | None = None) -> CLIPContrastive:
+def build_objective(
+    encoder: str, tokenizer: str | Path | None = None, **encoder_kwargs: Any
+) -> CLIPContrastive:
     """Contrastive pretraining around a random-init ``encoder`` (a registered CLIP name)."""
-    return CLIPContrastive(create_encoder(encoder, tokenizer=tokenizer, fusion="late"))
+    return CLIPContrastive(create_encoder(encoder, tokenizer=tokenizer, fusion="late", **encoder_kwargs))
 
 
 __all__ = ["CLIPContrastive", "TO_OPEN_CLIP", "build_objective"]

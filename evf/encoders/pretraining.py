@@ -16,6 +16,7 @@ import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -121,14 +122,19 @@ OBJECTIVES: dict[str, str] = {
     "clip": "evf.encoders.clip_pretraining:build_objective",
     "vilt": "evf.encoders.vilt_pretraining:build_objective",
 }
-"""Family -> ``module:function(encoder_name, tokenizer) -> PretrainObjective``."""
+"""Family -> ``module:function(encoder_name, tokenizer, **encoder_kwargs) -> PretrainObjective``."""
 
 
 def build_objective(
-    encoder: str, tokenizer: str | Path | None = None, pretrained: str | Path | None = None
+    encoder: str,
+    tokenizer: str | Path | None = None,
+    pretrained: str | Path | None = None,
+    encoder_kwargs: dict[str, Any] | None = None,
 ) -> PretrainObjective:
     """The pretraining objective of a registered encoder's family, around a random-init encoder, or
     with encoder and heads from what `PretrainObjective.save` wrote to ``pretrained``.
+    ``encoder_kwargs`` go to the encoder's factory (architecture overrides such as BEIT-3's
+    ``sub_ln``); the fine-tuning config must pass the same ones to load the weights.
 
     Raises:
         ValueError: the encoder's family has no pretraining objective.
@@ -139,7 +145,8 @@ def build_objective(
             f"no pretraining objective for {encoder!r} (family {family!r}); families: {', '.join(OBJECTIVES)}"
         )
     module, function = OBJECTIVES[family].split(":")
-    objective = getattr(importlib.import_module(module), function)(encoder, tokenizer)
+    build = getattr(importlib.import_module(module), function)
+    objective = build(encoder, tokenizer, **(encoder_kwargs or {}))
     if pretrained is not None:
         objective.load(Path(pretrained))
     return objective

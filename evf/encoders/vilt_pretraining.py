@@ -18,6 +18,7 @@ loads strictly.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,9 +120,11 @@ class ViltMatchingAndMLM(PretrainObjective):
         self.load_head_state(load_file(str(path / HEADS_FILE)))
 
 
-def build_objective(encoder: str, tokenizer: str | Path | None = None) -> ViltMatchingAndMLM:
+def build_objective(
+    encoder: str, tokenizer: str | Path | None = None, **encoder_kwargs: Any
+) -> ViltMatchingAndMLM:
     """Matching + MLM pretraining around a random-init ``encoder`` (a registered ViLT name)."""
-    return ViltMatchingAndMLM(create_encoder(encoder, tokenizer=tokenizer, fusion="early"))
+    return ViltMatchingAndMLM(create_encoder(encoder, tokenizer=tokenizer, fusion="early", **encoder_kwargs))
 
 
 __all__ = ["MASK_RATE", "SWAP_RATE", "ViltMatchingAndMLM", "build_objective"]

@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ class PretrainEncoderReport:
     """What `pretrain_encoder` did and reached (the JSON card beside the weights)."""
 
     encoder: str
+    encoder_kwargs: dict[str, Any]
     objective: str
     data: str
     steps: int
@@ -210,6 +212,7 @@ def pretrain_encoder(
     captions: Path | None = None,
     images: Path | None = None,
     tokenizer: Path | None = None,
+    encoder_kwargs: dict[str, Any] | None = None,
     steps: int = 3000,
     batch_size: int = 48,
     lr: float = 1e-3,
@@ -236,6 +239,9 @@ def pretrain_encoder(
         images: with COCO captions, the folder of their images.
         tokenizer: the encoder's tokenizer (None: its default; ViLT on shapes: the shapes WordPiece
             vocabulary, written into ``out``).
+        encoder_kwargs: architecture arguments of the encoder's factory, e.g. ``{"sub_ln": false,
+            "position_init": "sincos"}`` for the shipped ``beit3_tiny``; recorded in the card, and
+            a fine-tuning config passes the same ones as ``model.encoder_kwargs``.
         steps: optimiser steps.
         batch_size: image-caption pairs per step.
         lr: AdamW peak learning rate (linear warmup, then linear decay to 0).
@@ -265,8 +271,9 @@ def pretrain_encoder(
     out = Path(out)
     with deterministic_cpu(threads):
         return _pretrain(
-            encoder, family, out, captions, images, tokenizer, steps, batch_size, lr, warmup_steps,
-            weight_decay, num_train, num_probe, max_sentences, seed, save_every, stop_after, progress,
+            encoder, encoder_kwargs or {}, family, out, captions, images, tokenizer, steps, batch_size,
+            lr, warmup_steps, weight_decay, num_train, num_probe, max_sentences, seed, save_every,
+            stop_after, progress,
         )  # fmt: skip
 
 
@@ -282,8 +289,8 @@ def _tokenizer_for(family: str, out: Path, tokenizer: Path | None, captions: Pat
 
 
 def _pretrain(
-    encoder: str, family: str, out: Path, captions: Path | None, images: Path | None,
-    tokenizer: Path | None, steps: int, batch_size: int, lr: float, warmup_steps: int,
+    encoder: str, encoder_kwargs: dict[str, Any], family: str, out: Path, captions: Path | None,
+    images: Path | None, tokenizer: Path | None, steps: int, batch_size: int, lr: float, warmup_steps: int,
     weight_decay: float, num_train: int, num_probe: int, max_sentences: int, seed: int,
     save_every: int, stop_after: int | None, progress: bool,
 ) -> PretrainEncoderReport | None:  # fmt: skip
@@ -292,7 +299,10 @@ def _pretrain(
         captions, images, num_train, num_probe, seed, max_sentences
     )
     torch.manual_seed(seed)
-    objective = build_objective(encoder, tokenizer)
+    try:
+        objective = build_objective(encoder, tokenizer, encoder_kwargs=encoder_kwargs)
+    except TypeError as error:  # an argument the encoder's factory does not take
+        raise UsageError(f"--encoder_kwargs: {error}") from None
     batcher = _Batcher(objective, train_source, train_indices, seed)
     probe_batcher = _Batcher(objective, probe_source, probe_indices, seed + 1)
     optimizer = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=weight_decay)
@@ -343,7 +353,8 @@ def _pretrain(
     out.parent.mkdir(parents=True, exist_ok=True)
     written = objective.save(out)
     report = PretrainEncoderReport(
-        encoder=encoder, objective=OBJECTIVE_NAMES[family], data=_describe(train_source, len(train_indices)),
+        encoder=encoder, encoder_kwargs=encoder_kwargs, objective=OBJECTIVE_NAMES[family],
+        data=_describe(train_source, len(train_indices)),
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, seconds=round(seconds, 1), probe=reached,
         random_init_probe=baseline, parameters=sum(p.numel() for p in objective.encoder.parameters()),
         file=written.name, file_bytes=_size(written), command=_command(),

@@ -363,3 +363,59 @@ def test_tiny_defaults_to_the_shipped_shapes_tokenizer():
 )
 def test_feature_defaults_to_the_modes_natural_one(fusion, feature):
     assert create_encoder("beit3_tiny", fusion=fusion).feature == feature
+
+
+def test_without_sub_ln_the_blocks_are_plain_pre_norm_and_load_only_their_own_kind(tmp_path):
+    from evf.encoders.beit3.pretraining import build_objective
+
+    plain = _tiny(sub_ln=False)
+    names = set(plain.state_dict())
+    assert not any(".inner_norm." in n or ".mlp.vision.norm." in n or ".mlp.text.norm." in n for n in names)
+    assert names < set(_tiny().state_dict())  # only the sub-LN tensors are gone
+    objective = build_objective("beit3_tiny", sub_ln=False)  # a file in unilm's layout without sub-LN
+    written = objective.save(tmp_path / "plain.pth")
+    loaded = create_encoder("beit3_tiny", checkpoint=written, sub_ln=False).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in objective.encoder.state_dict().items() if k in loaded)
+    assert not create_encoder("beit3_tiny", checkpoint=written).sub_ln  # the file decides when not told
+    with pytest.raises(CheckpointError, match="missing.*inner_norm.*build the encoder with sub_ln=False"):
+        create_encoder("beit3_tiny", checkpoint=written, sub_ln=True)
+    sub_ln_file = build_objective("beit3_tiny").save(tmp_path / "sub_ln.pth")
+    assert create_encoder("beit3_tiny", checkpoint=sub_ln_file).sub_ln
+    with pytest.raises(CheckpointError, match="unexpected.*inner_norm.*the file has BEIT-3's sub-LN"):
+        create_encoder("beit3_tiny", checkpoint=sub_ln_file, sub_ln=False)
+
+
+def test_sub_ln_changes_the_function_and_every_parameter_still_trains():
+    torch.manual_seed(0)
+    with_ln = _tiny()
+    plain = _tiny(sub_ln=False)
+    plain.load_state_dict({k: v for k, v in with_ln.state_dict().items() if k in plain.state_dict()})
+    assert not torch.allclose(with_ln(*_batch()), plain(*_batch()))
+    out = plain(*_batch())
+    (out * torch.randn_like(out)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in plain.parameters())
+
+
+def test_sincos_positions_initialise_the_patch_rows_only():
+    from evf.encoders.beit3.modeling import sincos_positions
+
+    encoder = _tiny(position_init="sincos")
+    table = encoder.vision_embed.pos_embed.detach()
+    side = SIZES["img_size"] // SIZES["patch_size"]
+    expected = sincos_positions(side, SIZES["embed_dim"])
+    assert torch.equal(table[3:], expected)  # rows 0-1 unused (fairseq), row 2 the CLS
+    assert expected.shape == (side * side, SIZES["embed_dim"])
+    assert torch.allclose(expected[0, : SIZES["embed_dim"] // 4], torch.zeros(SIZES["embed_dim"] // 4))
+    assert len({tuple(r.tolist()) for r in expected}) == side * side  # every patch its own position
+    assert table[2].abs().max() < 0.1  # the CLS row keeps the random init
+    with pytest.raises(ValueError, match="position_init"):
+        _tiny(position_init="rope")
+
+
+def test_the_released_layout_refuses_an_encoder_without_sub_ln():
+    from evf.encoders.beit3.release import release_state
+
+    with pytest.raises(CheckpointError, match="sub_ln=False"):
+        release_state(create_encoder("beit3_tiny", sub_ln=False), "mm_extractor.beit3.")
+    state, _ = release_state(create_encoder("beit3_tiny"), "mm_extractor.beit3.")
+    assert any("inner_attn_ln" in k for k in state)

@@ -124,13 +124,14 @@ def test_each_shipped_encoder_loads_strictly_and_beats_its_random_init_on_the_pr
     assert files and sum(f.stat().st_size for f in files) <= 10 * 2**20
     card = json.loads(path.with_name(f"{path.stem}.json").read_text())
     assert card["encoder"] == name and card["command"].startswith("evf pretrain-encoder")
+    architecture = card.get("encoder_kwargs", {})  # what a config passes as model.encoder_kwargs
     for fusion in MODES[name]:  # what a config's encoder_checkpoint does, in every mode
-        evf.create_encoder(name, checkpoint=path, tokenizer=tokenizer, fusion=fusion)
+        evf.create_encoder(name, checkpoint=path, tokenizer=tokenizer, fusion=fusion, **architecture)
     scenes = ShapesCaptions(20, seed=0, split="val")
     numbers = {}
     for label, pretrained in (("pretrained", path), ("random init", None)):
         torch.manual_seed(0)
-        objective = build_objective(name, tokenizer, pretrained=pretrained)
+        objective = build_objective(name, tokenizer, pretrained=pretrained, encoder_kwargs=architecture)
         numbers[label] = probe(objective, _Batcher(objective, scenes, list(range(20)), seed=1), batch_size=20)
     for metric, gain in SHIPPED[name].items():
         assert numbers["pretrained"][metric] >= numbers["random init"][metric] + gain, (metric, numbers)

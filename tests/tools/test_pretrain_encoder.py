@@ -62,6 +62,23 @@ def test_the_command_pretrains_vilt_on_a_jsonl_of_captions(tmp_path, capsys):
     evf.create_encoder("vilt_tiny", checkpoint=out, tokenizer=out)
 
 
+def test_architecture_arguments_reach_the_encoder_and_the_card(tmp_path, capsys):
+    architecture = {"sub_ln": False, "position_init": "sincos"}
+    main(["pretrain-encoder", "--encoder=beit3_tiny", f"--out={tmp_path / 'plain.pth'}",
+          f"--encoder_kwargs={json.dumps(architecture)}", "--steps=2", "--batch_size=4", "--warmup_steps=1",
+          "--num_train=8", "--num_probe=3", "--progress=false"])  # fmt: skip
+    card = json.loads((tmp_path / "plain.json").read_text())
+    assert card["encoder_kwargs"] == architecture
+    weights = _weights(tmp_path / "plain.pth")
+    assert weights and not any("inner_attn_ln" in k or "ffn_layernorm" in k for k in weights)
+    evf.create_encoder("beit3_tiny", checkpoint=tmp_path / "plain.pth", **architecture)
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain-encoder", f"--out={tmp_path / 'o.pth'}", '--encoder_kwargs={"sub_lm": false}',
+              "--progress=false"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--encoder_kwargs" in err and "sub_lm" in err and "Traceback" not in err
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(UsageError, match="--out is required with --captions"):
         pretrain_encoder("clip_tiny", captions=tmp_path / "c.jsonl")

@@ -24,8 +24,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from evf.assets import SHAPES_TOKENIZER
-from evf.checkpoint import load_checkpoint
+from evf.checkpoint import CheckpointError, load_checkpoint
 from evf.encoders.base import ENCODERS, EncoderInfo, EncoderPreprocessor
 from evf.encoders.beit3.checkpoint import (
     TORCHSCALE_ONLY,
@@ -67,6 +69,8 @@ _OVERRIDABLE = (
     "mlp_ratio",
     "max_source_positions",
     "layernorm_eps",
+    "sub_ln",
+    "position_init",
 )
 
 
@@ -109,7 +113,9 @@ def _create_beit3(
         fusion, fusion_layers, drop_path, grad_checkpointing: see `BEiT3Encoder`.
         feature: see `BEiT3Encoder`; None takes the mode's natural one (`DEFAULT_FEATURE`:
             text -> cls_text, late -> concat, early -> cls_image, the paper's default).
-        **overrides: architecture fields replacing the variant's (e.g. ``depth=2``).
+        **overrides: architecture fields replacing the variant's (e.g. ``depth=2``). Without an
+            explicit ``sub_ln``, a ``checkpoint`` decides it: a file without sub-LN tensors (what
+            ``evf pretrain-encoder`` writes for the shipped ``beit3_tiny``) builds plain pre-norm blocks.
 
     Raises:
         TypeError: an override that is not an architecture field.
@@ -119,6 +125,8 @@ def _create_beit3(
         raise TypeError(
             f"{variant}: unknown argument(s) {', '.join(unknown)}; overridable: {', '.join(_OVERRIDABLE)}"
         )
+    if checkpoint is not None and "sub_ln" not in overrides and not _has_sub_ln(checkpoint):
+        overrides["sub_ln"] = False
     preprocessor = EncoderPreprocessor(ENCODERS.info(variant), tokenizer)
     encoder = BEiT3Encoder(
         **{**VARIANTS[variant], **overrides},
@@ -130,8 +138,33 @@ def _create_beit3(
         grad_checkpointing=grad_checkpointing,
     )
     if checkpoint is not None:
-        load_checkpoint(encoder, checkpoint, unilm_beit3_format(encoder.plan))
+        try:
+            load_checkpoint(encoder, checkpoint, unilm_beit3_format(encoder.plan))
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}{_sub_ln_hint(encoder, str(error))}") from None
     return encoder
+
+
+def _has_sub_ln(checkpoint: str | Path) -> bool:
+    """Whether a unilm-layout file holds sub-LN tensors; True when it cannot be read as one (the
+    strict loader then says what is wrong with it). Memory-mapped: only the key names are read."""
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: load_checkpoint reports it properly
+        return True
+    keys = saved.get("model", saved) if isinstance(saved, dict) else {}
+    return not isinstance(keys, dict) or any(".inner_attn_ln." in k for k in keys)
+
+
+def _sub_ln_hint(encoder: BEiT3Encoder, message: str) -> str:
+    """What to change when a file and the encoder disagree only about sub-LN (`BEiT3Encoder`'s ``sub_ln``)."""
+    if encoder.sub_ln and "inner_norm" in message:
+        return (
+            "; the file has no sub-LN: build the encoder with sub_ln=False (a config's model.encoder_kwargs)"
+        )
+    if not encoder.sub_ln and "inner_norm" in message:
+        return "; the file has BEIT-3's sub-LN: build the encoder without sub_ln=False"
+    return ""
 
 
 @ENCODERS.register("beit3_base", info=_info("beit3_base", max_text_tokens=128))

@@ -45,12 +45,12 @@ class DropPath(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """fc1 -> GELU (computed in fp32) -> LayerNorm -> fc2."""
+    """fc1 -> GELU (computed in fp32) -> LayerNorm (sub-LN; identity without it) -> fc2."""
 
-    def __init__(self, dim: int, hidden_dim: int, eps: float) -> None:
+    def __init__(self, dim: int, hidden_dim: int, eps: float, sub_ln: bool = True) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.norm = nn.LayerNorm(hidden_dim, eps=eps)
+        self.norm = nn.LayerNorm(hidden_dim, eps=eps) if sub_ln else nn.Identity()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,10 +60,17 @@ class FeedForward(nn.Module):
 
 
 class MultiwayAttention(nn.Module):
-    """Self-attention over the tokens of all key modalities, with per-modality projections."""
+    """Self-attention over the tokens of all key modalities, with per-modality projections; with
+    ``sub_ln`` a LayerNorm on the attention output before the output projection."""
 
     def __init__(
-        self, dim: int, num_heads: int, queries: Iterable[str], keys: Iterable[str], eps: float
+        self,
+        dim: int,
+        num_heads: int,
+        queries: Iterable[str],
+        keys: Iterable[str],
+        eps: float,
+        sub_ln: bool = True,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -71,7 +78,8 @@ class MultiwayAttention(nn.Module):
         self.q = Multiway(linear, queries)
         self.k = Multiway(linear, keys)
         self.v = Multiway(linear, keys)
-        self.inner_norm = Multiway(partial(nn.LayerNorm, dim, eps=eps), queries)
+        norm = partial(nn.LayerNorm, dim, eps=eps) if sub_ln else nn.Identity
+        self.inner_norm = Multiway(norm, queries)
         self.out = Multiway(linear, queries)
 
     def forward(self, xs: Tokens, queries: tuple[str, ...], mask: torch.Tensor | None) -> Tokens:
@@ -109,12 +117,13 @@ class MultiwayBlock(nn.Module):
         keys: tuple[str, ...],
         drop_path: float,
         eps: float,
+        sub_ln: bool = True,
     ) -> None:
         super().__init__()
         self.attn_norm = Multiway(partial(nn.LayerNorm, dim, eps=eps), keys)
-        self.attn = MultiwayAttention(dim, num_heads, queries, keys, eps)
+        self.attn = MultiwayAttention(dim, num_heads, queries, keys, eps, sub_ln)
         self.mlp_norm = Multiway(partial(nn.LayerNorm, dim, eps=eps), queries)
-        self.mlp = Multiway(partial(FeedForward, dim, mlp_dim, eps), queries)
+        self.mlp = Multiway(partial(FeedForward, dim, mlp_dim, eps, sub_ln), queries)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, xs: Tokens, queries: tuple[str, ...], mask: torch.Tensor | None) -> Tokens:

@@ -14,6 +14,7 @@ part that no pass reads is not built. The blocks themselves are in `evf.encoders
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from evf.encoders.beit3.fusion import (
     plan_fusion,
 )
 from evf.encoders.beit3.layers import (
+    POSITION_OFFSET,
     Multiway,
     MultiwayBlock,
     TextEmbedding,
@@ -38,6 +40,9 @@ from evf.encoders.beit3.layers import (
     VisionEmbedding,
     layer_mask,
 )
+
+PositionInit = Literal["random", "sincos"]
+POSITION_INITS: tuple[PositionInit, ...] = ("random", "sincos")
 
 
 class BEiT3Encoder(MultimodalEncoder):
@@ -63,6 +68,14 @@ class BEiT3Encoder(MultimodalEncoder):
         feature: ``cls_image``, ``cls_text``, ``avgpool_image`` or ``concat``.
         drop_path: stochastic-depth rate of the last block (linear from 0 over the blocks).
         grad_checkpointing: recompute each block in backward instead of storing activations.
+        sub_ln: BEIT-3's LayerNorms inside attention and FFN (torchscale's ``subln``; every released
+            BEIT-3 has them). Without them the blocks are plain pre-norm blocks: at 4 layers and 64 px a
+            model with sub-LN does not learn to locate even a single object in 800 steps of 32
+            images, the same model without them does (docs/pretraining.md, "Why beit3_tiny has no
+            sub-LN").
+        position_init: initial vision position table: ``random`` (truncated normal, std 0.02, as
+            unilm) or ``sincos`` (2-D sine-cosine of the patch row and column, unit amplitude, still
+            learned). Only the random init is affected; a checkpoint replaces either.
     """
 
     def __init__(
@@ -83,10 +96,17 @@ class BEiT3Encoder(MultimodalEncoder):
         feature: Feature = "cls_image",
         drop_path: float = 0.0,
         grad_checkpointing: bool = False,
+        sub_ln: bool = True,
+        position_init: PositionInit = "random",
     ) -> None:
         super().__init__()
+        if position_init not in POSITION_INITS:
+            raise ValueError(
+                f"position_init must be one of {', '.join(POSITION_INITS)}, not {position_init!r}"
+            )
         self.plan = plan_fusion(fusion, feature, depth, fusion_layers)
         self.fusion, self.feature = fusion, feature
+        self.sub_ln = sub_ln
         self.feature_dim = embed_dim * len(FEATURE_READS[feature])
         self.preprocessor = preprocessor
         self.grad_checkpointing = grad_checkpointing
@@ -105,11 +125,16 @@ class BEiT3Encoder(MultimodalEncoder):
                 self.plan.keys(i),
                 rate,
                 layernorm_eps,
+                sub_ln,
             )
             for i, rate in enumerate(rates)
         )
         self.norm = Multiway(partial(nn.LayerNorm, embed_dim, eps=layernorm_eps), self.plan.normed)
         self.apply(_init_weights)
+        if position_init == "sincos" and self.vision_embed is not None:
+            with torch.no_grad():
+                side = img_size // patch_size
+                self.vision_embed.pos_embed[POSITION_OFFSET + 1 :] = sincos_positions(side, embed_dim)
 
     def forward(
         self,
@@ -227,6 +252,19 @@ class BEiT3Encoder(MultimodalEncoder):
             else:
                 xs = block(xs, route.queries, mask)
         return self.norm(xs)
+
+
+def sincos_positions(side: int, dim: int, base: float = 10.0) -> torch.Tensor:
+    """2-D sine-cosine positions of a ``side x side`` patch grid, rows in raster order -> ``[side**2, dim]``:
+    a quarter of the channels each for sin / cos of the column and of the row, at ``dim / 4``
+    frequencies from 1 down to ``1 / base`` radians per patch. The low base (MAE's is 10,000) suits a
+    grid of a few patches: every channel changes visibly across it."""
+    if dim % 4:
+        raise ValueError(f"sine-cosine positions need a width divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(torch.arange(side).float(), torch.arange(side).float(), indexing="ij")
+    freqs = base ** -(torch.arange(dim // 4).float() / (dim // 4))
+    x, y = cols.flatten()[:, None] * freqs, rows.flatten()[:, None] * freqs
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)
 
 
 def _init_weights(module: nn.Module) -> None:

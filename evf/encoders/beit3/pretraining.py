@@ -23,6 +23,7 @@ every fusion mode.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -162,10 +163,12 @@ class BEiT3MaskedDataModelling(PretrainObjective):
         )
 
 
-def build_objective(encoder: str, tokenizer: str | Path | None = None) -> BEiT3MaskedDataModelling:
+def build_objective(
+    encoder: str, tokenizer: str | Path | None = None, **encoder_kwargs: Any
+) -> BEiT3MaskedDataModelling:
     """Masked data modelling around a random-init ``encoder`` (a registered BEIT-3 name)."""
     return BEiT3MaskedDataModelling(
-        create_encoder(encoder, tokenizer=tokenizer, fusion="early", feature="concat")
+        create_encoder(encoder, tokenizer=tokenizer, fusion="early", **encoder_kwargs, feature="concat")
     )
 
 
