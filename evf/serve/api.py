@@ -21,6 +21,7 @@ import numpy as np
 
 from evf.cache.keys import pixel_hash
 from evf.prompts import Prompt
+from evf.serve.batching import QueuedBatchLoop
 from evf.serve.cache import FeatureCache, ImageState
 from evf.serve.schema import ImageRequest, SegmentRequest, decode_image
 
@@ -160,7 +161,13 @@ class SegmentAPI(ls.LitAPI):
         max_batch_size: int,
         batch_timeout: float,
     ) -> None:
-        super().__init__(api_path="/segment", max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        queued = max_batch_size > 1 and batch_timeout == 0  # no window: batch what is queued
+        super().__init__(
+            api_path="/segment",
+            max_batch_size=max_batch_size,
+            batch_timeout=batch_timeout,
+            loop=QueuedBatchLoop() if queued else "auto",
+        )
         self.source, self.cache_dir, self.cache_entries = source, cache_dir, cache_entries
         self.presence_threshold = presence_threshold
 

@@ -49,9 +49,19 @@ def server(release, tmp_path_factory):
     """``evf serve`` in its own process group, bound to loopback; killed with its workers after."""
     port, cache = free_port(), tmp_path_factory.mktemp("cache")
     log_path = tmp_path_factory.mktemp("log") / "serve.log"
-    command = [sys.executable, "-m", "evf.cli", "serve", f"--pretrained={release}", f"--port={port}",
-               f"--cache_dir={cache}", f"--cache_entries={CACHE_ENTRIES}", "--max_body_mb=1",
-               "--max_prompts=4", "--max_batch_size=8", "--batch_timeout=0.05"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "evf.cli",
+        "serve",
+        f"--pretrained={release}",
+        f"--port={port}",
+        f"--cache_dir={cache}",
+        f"--cache_entries={CACHE_ENTRIES}",
+        "--max_body_mb=1",
+        "--max_prompts=4",
+        "--max_batch_size=8",
+    ]  # fmt: skip; batch_timeout 0: the queued loop
     with log_path.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
