@@ -161,12 +161,11 @@ class SegmentAPI(ls.LitAPI):
         max_batch_size: int,
         batch_timeout: float,
     ) -> None:
-        queued = max_batch_size > 1 and batch_timeout == 0  # no window: batch what is queued
-        super().__init__(
+        super().__init__(  # the window is the loop's: LitServe's own would delay a lone request too
             api_path="/segment",
             max_batch_size=max_batch_size,
-            batch_timeout=batch_timeout,
-            loop=QueuedBatchLoop() if queued else "auto",
+            batch_timeout=0,
+            loop=QueuedBatchLoop(window=batch_timeout) if max_batch_size > 1 else "auto",
         )
         self.source, self.cache_dir, self.cache_entries = source, cache_dir, cache_entries
         self.presence_threshold = presence_threshold

@@ -29,7 +29,7 @@ def build_server(
     cache_entries: int = 64,
     limits: Limits | None = None,
     max_batch_size: int = 8,
-    batch_timeout: float = 0.0,
+    batch_timeout: float = 0.005,
     max_body_mb: float = 32.0,
     presence_threshold: float = 0.5,
     workers: int = 1,
@@ -60,7 +60,7 @@ def serve(
     port: int = 8000,
     precision: Literal["fp32", "bf16"] = "fp32",
     max_batch_size: int = 8,
-    batch_timeout: float = 0.0,
+    batch_timeout: float = 0.005,
     cache_entries: int = 64,
     cache_dir: Path | None = None,
     max_image_side: int = 4096,
@@ -80,8 +80,8 @@ def serve(
         port: the port.
         precision: ``bf16`` runs PyTorch under CPU autocast (not with ``onnx``).
         max_batch_size: ``/segment`` requests decoded together, across clients.
-        batch_timeout: seconds a batch waits to fill; 0 (the default): no wait, a batch is the
-            requests queued when the worker is free (`evf.serve.batching`).
+        batch_timeout: seconds a batch that already holds two or more requests may wait to fill; a
+            lone request never waits (`evf.serve.batching`).
         cache_entries: encoded images kept (least recently used go first).
         cache_dir: where they are kept (default: a temporary folder, removed at exit).
         max_image_side: largest image side accepted, in pixels.

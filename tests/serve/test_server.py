@@ -61,7 +61,7 @@ def server(release, tmp_path_factory):
         "--max_body_mb=1",
         "--max_prompts=4",
         "--max_batch_size=8",
-    ]  # fmt: skip; batch_timeout 0: the queued loop
+    ]  # fmt: skip
     with log_path.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
