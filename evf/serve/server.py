@@ -47,7 +47,6 @@ def build_server(
         workers_per_device=workers,
         timeout=120,
         max_payload_size=int(max_body_mb * 1024 * 1024),
-        fast_queue=True,  # ZeroMQ between API server and workers: the default queues add ~80 ms a request
     )
 
 
