@@ -75,6 +75,41 @@ def per_kind(ckpt: Path) -> dict[str, dict[str, float]]:
     }
 
 
+PROBE_TEXTS = ("the red shape", "the blue shape", "the circle", "the square on the left", "the largest shape")
+
+
+def token_dependence(ckpt: Path, scenes: int = 40) -> dict[str, float]:
+    """How much the prompt token follows the image and how much the text: the variance of the
+    projected token across ``scenes`` validation images for each fixed text, and across
+    `PROBE_TEXTS` for each fixed image (mean over token channels). A model that grounds needs the
+    first; a token that depends on the text alone can only say "left" or "every object"."""
+    from evf.datamodules.shapes import ShapesDataset
+    from evf.module import EVFSAMModule
+
+    model = EVFSAMModule.load_from_checkpoint(
+        ckpt, map_location="cpu", use_embedding_cache=False
+    ).model.eval()
+    preprocessor = model.encoder.preprocessor
+    data = ShapesDataset("val", scenes, seed=0, max_expressions=None)
+    pixels = torch.stack([preprocessor.transform_image(data.sample(i, 0).image) for i in range(scenes)])
+    tokens = preprocessor.tokenize(list(PROBE_TEXTS))
+    with torch.no_grad():
+        out = torch.stack(
+            [
+                model.prompt_tokens(
+                    pixels, ids.expand(scenes, -1), mask.expand(scenes, -1), torch.arange(scenes)
+                )[:, 0]
+                for ids, mask in zip(
+                    tokens["input_ids"][:, None], tokens["attention_mask"][:, None], strict=True
+                )
+            ]
+        )  # [texts, images, D]
+    return {
+        "across_images": round(float(out.var(1).mean()), 6),
+        "across_texts": round(float(out.var(0).mean()), 6),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -95,6 +130,7 @@ def main() -> None:
         "curve": learning_curve(run_dir),
         "checkpoint": best.name,
         "per_kind": per_kind(best),
+        "token_variance": token_dependence(best),
     }
     out = ROOT / "benchmarks/results/quickstart.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +142,11 @@ def main() -> None:
     print("\n| expression type | expressions | cIoU | gIoU |\n|---|---|---|---|")
     for kind, m in sorted(report["per_kind"].items()):
         print(f"| {kind} | {m['count']} | {m['ciou']:.3f} | {m['giou']:.3f} |")
+    variance = report["token_variance"]
+    print(
+        f"\nprompt token variance across images (fixed text): {variance['across_images']:.5f}; "
+        f"across texts (fixed image): {variance['across_texts']:.5f}"
+    )
 
 
 if __name__ == "__main__":
