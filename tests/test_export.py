@@ -113,7 +113,6 @@ def test_official_beit3_reads_the_export_strictly_and_ignores_the_zero_placehold
         ({"fusion": "late", "feature": "concat"}, "early fusion in every layer"),
         ({"fusion_layers": 2}, "early fusion in every layer"),
         ({"feature": "cls_text"}, "early fusion in every layer"),
-        ({"sub_ln": False}, "sub_ln=False"),
     ],
 )
 def test_export_refuses_what_the_released_layout_cannot_describe(tmp_path, encoder_kwargs, reason):

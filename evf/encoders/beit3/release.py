@@ -53,18 +53,15 @@ def release_state(encoder: BEiT3Encoder, prefix: str) -> tuple[StateDict, list[s
     the ``B`` copy of a built ``A`` one; plus `TORCHSCALE_ONLY`, ``[1,1,D]``.
 
     Raises:
-        CheckpointError: not early fusion in every layer with the image [CLS] feature, or no sub-LN.
+        CheckpointError: not early fusion in every layer with the image [CLS] feature.
+
+    An encoder built without sub-LN (``sub_ln=False``) is written without those tensors; EVF reads it
+    back through the export's ``evf_encoder_kwargs``, EVF-SAM's code (which builds sub-LN) cannot.
     """
     if encoder.plan != plan_fusion("early", "cls_image", len(encoder.blocks)):
         raise CheckpointError(
             "the released layout describes BEIT-3 with early fusion in every layer and the image [CLS] "
             f"feature (what EVF-SAM's code runs); this model's encoder is {encoder.fusion}/{encoder.feature}"
-        )
-    if not encoder.sub_ln:
-        raise CheckpointError(
-            "the released layout describes BEIT-3 with its sub-LN (torchscale's subln, which EVF-SAM's "
-            "code builds); this model's encoder was built with sub_ln=False, so its weights cannot be "
-            "written there (ONNX export, `evf export --format onnx`, takes any encoder)"
         )
     to_torchscale = CheckpointFormat("evf_release_export_beit3", beit3_export_rules(prefix))
     state = to_torchscale.remap(encoder.state_dict(), source="encoder")
