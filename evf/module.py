@@ -168,10 +168,8 @@ class EVFSAMModule(L.LightningModule):
             },
             presence=presence,
         )
-        if getattr(self.model.encoder, "sub_ln", True) is False and "sub_ln" not in (encoder_kwargs or {}):
-            # the encoder checkpoint decided it (evf.encoders.beit3): kept, so that the run reopens
-            # (and exports) without reading that file again
-            self.hparams["encoder_kwargs"] = {**(encoder_kwargs or {}), "sub_ln": False}
+        if decided := self.model.encoder.checkpoint_architecture():  # reopens without the encoder file
+            self.hparams["encoder_kwargs"] = {**decided, **(encoder_kwargs or {})}
         if use_embedding_cache and self.trainable.image_encoder:
             raise ValueError("use_embedding_cache needs a frozen SAM image encoder (trainable.image_encoder)")
         if init_from is not None:

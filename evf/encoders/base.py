@@ -133,6 +133,12 @@ class MultimodalEncoder(nn.Module, ABC):
             ``[N, feature_dim]`` features.
         """
 
+    def checkpoint_architecture(self) -> dict[str, Any]:
+        """Factory arguments that the weights file decided rather than the caller (BEIT-3's
+        ``sub_ln``): a run keeps them in its ``encoder_kwargs`` so that it rebuilds without the file.
+        Empty by default."""
+        return {}
+
     def release_rules(self, prefix: str) -> tuple[Rule, ...]:
         """Rules from a released EVF-SAM checkpoint's extractor keys under ``prefix`` to this encoder's."""
         return self._release().rules(self, prefix)

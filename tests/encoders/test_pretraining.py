@@ -11,7 +11,7 @@ from evf.datamodules.captions import ShapesCaptions
 from evf.datamodules.shapes.tokenizer import write_shapes_wordpiece
 from evf.encoders.beit3.fusion import TEXT
 from evf.encoders.pretraining import build_objective, whole_word_mask, word_numbers
-from evf.tools.pretrain_encoder import _Batcher
+from evf.tools.pretrain_data import CaptionBatcher
 
 FAMILIES = ("beit3_tiny", "clip_tiny", "vilt_tiny")
 MODES = {
@@ -30,7 +30,7 @@ def _tokenizer(name: str, tmp_path: Path) -> Path | None:
 
 
 def _batch(objective, count: int = 8):
-    batcher = _Batcher(objective, ShapesCaptions(count, seed=3), list(range(count)), seed=3)
+    batcher = CaptionBatcher(objective, ShapesCaptions(count, seed=3), list(range(count)), seed=3)
     return batcher.batch(list(range(count)), step=0)
 
 
@@ -114,7 +114,7 @@ SHIPPED = {  # probe number -> the least gain over the random init on 20 held-ou
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_each_shipped_encoder_loads_strictly_and_beats_its_random_init_on_the_probe(name):
     from evf.assets import BEIT3_TINY_SHAPES, CLIP_TINY_SHAPES, VILT_TINY_SHAPES
-    from evf.tools.pretrain_encoder import probe
+    from evf.tools.pretrain_data import probe
 
     path = {"beit3_tiny": BEIT3_TINY_SHAPES, "clip_tiny": CLIP_TINY_SHAPES, "vilt_tiny": VILT_TINY_SHAPES}[
         name
@@ -132,6 +132,8 @@ def test_each_shipped_encoder_loads_strictly_and_beats_its_random_init_on_the_pr
     for label, pretrained in (("pretrained", path), ("random init", None)):
         torch.manual_seed(0)
         objective = build_objective(name, tokenizer, pretrained=pretrained, encoder_kwargs=architecture)
-        numbers[label] = probe(objective, _Batcher(objective, scenes, list(range(20)), seed=1), batch_size=20)
+        numbers[label] = probe(
+            objective, CaptionBatcher(objective, scenes, list(range(20)), seed=1), batch_size=20
+        )
     for metric, gain in SHIPPED[name].items():
         assert numbers["pretrained"][metric] >= numbers["random init"][metric] + gain, (metric, numbers)

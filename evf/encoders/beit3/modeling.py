@@ -136,6 +136,10 @@ class BEiT3Encoder(MultimodalEncoder):
                 side = img_size // patch_size
                 self.vision_embed.pos_embed[POSITION_OFFSET + 1 :] = sincos_positions(side, embed_dim)
 
+    def checkpoint_architecture(self) -> dict[str, bool]:
+        """``sub_ln=False`` when built without sub-LN (a file without those tensors decides it)."""
+        return {} if self.sub_ln else {"sub_ln": False}
+
     def forward(
         self,
         pixels: torch.Tensor,

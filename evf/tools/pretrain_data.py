@@ -1,0 +1,161 @@
+"""The data side of ``evf pretrain-encoder``: caption sources, seeded caption batches and the probe.
+
+Every draw is a pure function of ``(seed, stream, step, item)`` (`evf.datamodules.common.item_rng`),
+so a resumed run reads exactly the batches an uninterrupted one would; the probe numbers are those
+of ``evf pretrain-encoder``'s card (module doc of `evf.tools.pretrain_encoder`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evf.datamodules.captions import CaptionSource, CocoCaptions, JsonlCaptions, ShapesCaptions
+from evf.datamodules.common import item_rng
+from evf.datamodules.shapes.captions import probe_sentence
+from evf.datamodules.shapes.expressions import COLOURS, SHAPES
+from evf.encoders.pretraining import CaptionBatch, PretrainObjective
+from evf.errors import UsageError
+
+CAPTION_STREAM, ORDER_STREAM, PROBE_STREAM = 0xCA9, 0x0D3E, 0x960B
+
+
+def caption_sources(
+    captions: Path | None, images: Path | None, num_train: int, num_probe: int, seed: int, max_sentences: int
+) -> tuple[CaptionSource, CaptionSource, list[int], list[int]]:
+    """Training and probe sources with the indices each uses."""
+    if captions is None:
+        train = ShapesCaptions(num_train, seed, "train", max_sentences)
+        probe = ShapesCaptions(num_probe, seed, "val", max_sentences)
+        return train, probe, list(range(num_train)), list(range(num_probe))
+    captions = Path(captions)
+    if captions.suffix == ".jsonl":
+        source: CaptionSource = JsonlCaptions(captions)
+    elif captions.suffix == ".json":
+        if images is None:
+            raise UsageError(f"{captions}: COCO captions need --images, the folder of their images")
+        source = CocoCaptions(captions, images)
+    else:
+        raise UsageError(
+            f"--captions {captions}: expected a .jsonl of image-caption lines or COCO captions_*.json"
+        )
+    held_out = min(num_probe, len(source) // 5)  # the last pairs are the probe's, never trained on
+    indices = list(range(len(source)))
+    return source, source, indices[: len(source) - held_out], indices[len(source) - held_out :]
+
+
+class CaptionBatcher:
+    """Caption batches of a source, a pure function of ``(seed, step)``; shapes pixels are kept."""
+
+    def __init__(
+        self, objective: PretrainObjective, source: CaptionSource, indices: list[int], seed: int
+    ) -> None:
+        self.preprocessor = objective.encoder.preprocessor
+        self.source, self.indices, self.seed = source, indices, seed
+        self._pixels: dict[int, torch.Tensor] | None = {} if isinstance(source, ShapesCaptions) else None
+        self._order: tuple[int, list[int]] = (-1, [])
+
+    def order(self, epoch: int) -> list[int]:
+        """The indices in epoch ``epoch``'s seeded order (the last epoch's is kept: asked every step)."""
+        if self._order[0] != epoch:
+            rng = item_rng(self.seed, ORDER_STREAM, epoch)
+            self._order = (epoch, [self.indices[i] for i in rng.permutation(len(self.indices))])
+        return self._order[1]
+
+    def indices_of_step(self, step: int, batch_size: int) -> list[int]:
+        first = step * batch_size
+        out: list[int] = []
+        while len(out) < batch_size:
+            epoch, offset = divmod(first + len(out), len(self.indices))
+            out += self.order(epoch)[offset : offset + batch_size - len(out)]
+        return out
+
+    def batch(self, indices: list[int], step: int, stream: int = CAPTION_STREAM) -> CaptionBatch:
+        pixels, texts = [], []
+        for k, index in enumerate(indices):
+            image, caption = self.source.pair(index, item_rng(self.seed, stream, step, k))
+            pixels.append(self._transform(index, image))
+            texts.append(caption)
+        tokens = self.preprocessor.tokenize(texts)
+        return CaptionBatch(torch.stack(pixels), tokens["input_ids"], tokens["attention_mask"], texts)
+
+    def _transform(self, index: int, image: np.ndarray) -> torch.Tensor:
+        if self._pixels is None:
+            return self.preprocessor.transform_image(image)
+        if index not in self._pixels:
+            self._pixels[index] = self.preprocessor.transform_image(image)
+        return self._pixels[index]
+
+
+@torch.no_grad()
+def probe(objective: PretrainObjective, batcher: CaptionBatcher, batch_size: int = 50) -> dict[str, float]:
+    """The probe numbers of ``objective`` on ``batcher``'s (held-out) pairs; see the module doc."""
+    objective.eval()
+    sums: dict[str, list[float]] = {}
+    chunks = [batcher.indices[i : i + batch_size] for i in range(0, len(batcher.indices), batch_size)]
+    for k, chunk in enumerate(chunks):
+        batch = batcher.batch(chunk, k, PROBE_STREAM)
+        gen = torch.Generator().manual_seed(PROBE_STREAM + k)
+        torch.manual_seed(PROBE_STREAM + k)  # ViLT's patch sampling draws from the global RNG
+        for name, value in objective(batch, gen).items():
+            if name.endswith("accuracy"):
+                sums.setdefault(name, []).append(float(value))
+        scores = objective.retrieval_scores(batch)
+        if scores is not None and len(chunk) > 1:
+            target = torch.arange(len(chunk))
+            sums.setdefault("image_to_text_r1", []).append(float((scores.argmax(1) == target).float().mean()))
+            sums.setdefault("text_to_image_r1", []).append(float((scores.argmax(0) == target).float().mean()))
+        if isinstance(batcher.source, ShapesCaptions):
+            for word, choices in (("colour", COLOURS), ("shape", SHAPES)):
+                accuracy = _word_probe(objective, batcher, chunk, word, choices)
+                if accuracy is not None:
+                    sums.setdefault(f"masked_{word}_accuracy", []).append(accuracy)
+    objective.train()
+    out = {name: round(float(np.mean(values)), 4) for name, values in sorted(sums.items())}
+    if "image_to_text_r1" in out:
+        out["retrieval_pool"] = min(batch_size, len(batcher.indices))
+    return out
+
+
+def _word_probe(
+    objective: PretrainObjective,
+    batcher: CaptionBatcher,
+    chunk: list[int],
+    word: str,
+    choices: tuple[str, ...],
+) -> float | None:
+    """Accuracy of the masked ``word`` (colour or shape) of every object's probe sentence, predicted
+    among ``choices``; None for a family without masked language modelling."""
+    tokenize = batcher.preprocessor.tokenize
+    choice_ids = [int(tokenize([c])["input_ids"][0, 1]) for c in choices]
+    pixels, texts, answers = [], [], []
+    for index in chunk:
+        image, objects = batcher.source.scene(index)
+        height, width = image.shape[:2]
+        for obj in objects:
+            pixels.append(batcher._transform(index, image))
+            texts.append(probe_sentence(obj, width, height))
+            answers.append(choices.index(getattr(obj, word)))
+    tokens = tokenize(texts)
+    ids = tokens["input_ids"]
+    masked = torch.isin(ids, torch.tensor(choice_ids))  # the colour / shape word of each sentence
+    batch = CaptionBatch(torch.stack(pixels), ids, tokens["attention_mask"], texts)
+    logits = objective.masked_word_logits(batch, masked)
+    if logits is None:
+        return None
+    picked = logits[masked][:, choice_ids].argmax(-1)
+    return float((picked == torch.tensor(answers)).float().mean())
+
+
+def describe_source(source: CaptionSource, count: int) -> str:
+    if isinstance(source, ShapesCaptions):
+        return (
+            f"{count} shapes scenes (scene stream {source.name}, seed {source.seed}, none of the task's "
+            f"scenes) with generated whole-scene captions of 1-{source.max_sentences} sentences"
+        )
+    return f"{count} images of {source.name}"
+
+
+__all__ = ["CAPTION_STREAM", "CaptionBatcher", "caption_sources", "describe_source", "probe"]
