@@ -105,7 +105,16 @@ def serve(
             max_body_mb, presence_threshold, workers,
         )  # fmt: skip
         print(f"evf serve: http://{host}:{port} (POST /images, POST /segment, GET /health)", flush=True)
-        server.run(host=host, port=port, generate_client_file=False, api_server_worker_type="thread")
+        # One API server: with several in threads (LitServe's default is one per inference worker,
+        # here two), litserve 0.2.19 sends every response to the queue of the last one started,
+        # whose thread then sets an asyncio.Event of another thread's loop; that loop noticed only
+        # at uvicorn's 0.1 s tick, so a keep-alive connection accepted by the other server waited
+        # ~70 ms per request (benchmarks/serve.md, "The ~70 ms plateau"). One event loop serves
+        # every connection of a 2-worker server without a second thread.
+        server.run(
+            host=host, port=port, generate_client_file=False, api_server_worker_type="thread",
+            num_api_servers=1,
+        )  # fmt: skip
 
 
 __all__ = ["build_server", "serve"]

@@ -202,3 +202,20 @@ def test_the_feature_cache_is_hit_and_stays_within_its_bound(server):
         assert len(list(Path(cache).glob("*.npz"))) <= CACHE_ENTRIES
     gone = _post(url, "/segment", {"image_id": first["image_id"], "prompts": [{"text": "a"}]})
     assert gone.status_code == 422 and "no longer" in gone.text
+
+
+def test_serve_runs_one_api_server_on_loopback(release, tmp_path, monkeypatch):
+    """With several API servers in threads (LitServe's default: one per inference worker),
+    litserve 0.2.19 answers every request through the last one's queue and another thread's event
+    loop, and a keep-alive connection of the first waited ~70 ms per request for uvicorn's tick
+    (benchmarks/serve.md). ``evf serve`` runs exactly one, in a thread, bound to loopback."""
+    import litserve as ls
+
+    from evf.serve.server import serve
+
+    run_kwargs = {}
+    monkeypatch.setattr(ls.LitServer, "run", lambda self, **kwargs: run_kwargs.update(kwargs))
+    serve(pretrained=release, cache_dir=tmp_path)
+    assert run_kwargs["num_api_servers"] == 1
+    assert run_kwargs["api_server_worker_type"] == "thread"
+    assert run_kwargs["host"] == "127.0.0.1"
