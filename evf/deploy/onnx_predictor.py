@@ -52,6 +52,10 @@ class OnnxPredictor:
             gets an empty mask.
         providers: onnxruntime execution providers (default: CPU).
         threads: intra-op threads per graph (default: onnxruntime's).
+        spinning: whether onnxruntime's intra-op threads spin-wait between calls (its default:
+            the lowest latency for back-to-back calls of one process). `evf serve` turns it off:
+            its workers share the cores with the API server and each other, and a spinning pool
+            slowed other work on the machine about fourfold (benchmarks/serve.md).
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class OnnxPredictor:
         presence_threshold: float = 0.5,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int | None = None,
+        spinning: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -77,6 +82,8 @@ class OnnxPredictor:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {
             name: ort.InferenceSession(
                 str(self.directory / graph["file"]), options, providers=list(providers)

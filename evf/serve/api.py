@@ -46,7 +46,8 @@ class _Runtime:
         if source.onnx is not None:
             from evf.deploy import OnnxPredictor
 
-            self.onnx = OnnxPredictor(source.onnx, presence_threshold=threshold_presence)
+            # no spin-waiting: the workers share the cores with the API server and each other
+            self.onnx = OnnxPredictor(source.onnx, presence_threshold=threshold_presence, spinning=False)
             return
         import torch
 

@@ -53,6 +53,19 @@ def test_onnx_predictor_equals_the_predictor_on_every_prompt_kind(exported):
 
 
 @pytest.mark.slow
+def test_a_predictor_without_spinning_sets_it_on_every_graph_and_answers_the_same(exported):
+    """`evf serve` builds its ONNX predictors with ``spinning=False``: every session must carry
+    it (onnxruntime spins by default), and the masks must not change."""
+    _, out = exported
+    spinning, quiet = OnnxPredictor(out), OnnxPredictor(out, spinning=False)
+    key = "session.intra_op.allow_spinning"
+    assert all(s.get_session_options().get_session_config_entry(key) == "0" for s in quiet.sessions.values())
+    spinning.set_image(IMAGE)
+    quiet.set_image(IMAGE)
+    np.testing.assert_array_equal(quiet.predict(PROMPTS[:3]).logits, spinning.predict(PROMPTS[:3]).logits)
+
+
+@pytest.mark.slow
 def test_the_export_describes_its_graphs_with_dynamic_sizes(exported):
     model, out = exported
     manifest = json.loads((out / "deploy.json").read_text())
