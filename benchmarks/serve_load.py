@@ -1,19 +1,22 @@
 """Load test of ``evf serve`` on loopback: latency, throughput, errors and memory under concurrency.
 
 Starts ``evf serve`` (the tiny model, released layout; random weights perturbed away from the init),
-uploads a few images, then for each concurrency (1, 8, 32) runs a bounded asyncio client for a
-fixed time: every worker loops ``POST /segment`` by ``image_id`` with one text prompt, and one
-request in ten is malformed (each a kind the server must answer with a 4xx: a box outside the
-image, an unknown field, an unknown image id, too many prompts, a text that is too long). Every
-loop is bounded in count and in time. Reports p50 / p95 / p99 latency of the good requests,
-requests/s, errors (a good request that failed, or a malformed one not answered with a 4xx), and
-the resident memory of the server's processes after warm-up and at the end. The server batches as
-``evf serve`` does by default (`evf.serve.batching`: every queued request, and a 5 ms window only
-once two or more wait); then concurrency 1 and 8 without the window (``--batch_timeout 0``),
-concurrency 8 against a server that does not batch (``--max_batch_size 1``), and the
-`evf.Predictor`'s decode time for one new prompt on a set image (the in-process floor).
+uploads a few images, and first measures concurrency 1 *paired*: one `evf.Predictor.predict` of a
+text prompt in this process (the in-process floor), then the same prompt served, 200 times in turn,
+so that both halves of each ratio see the same machine. Then for each concurrency (1, 8, 32) it runs
+a bounded asyncio client for a fixed time: every worker loops ``POST /segment`` by ``image_id`` with
+one text prompt, and one request in ten is malformed (each a kind the server must answer with a 4xx:
+a box outside the image, an unknown field, an unknown image id, too many prompts, a text that is too
+long). Every loop is bounded in count and in time. Reports p50 / p95 / p99 latency of the good
+requests, requests/s, errors (a good request that failed, or a malformed one not answered with a
+4xx), and the resident memory of the server's processes after warm-up and at the end. The server
+batches as ``evf serve`` does by default (`evf.serve.batching`: every queued request, and a 5 ms
+window only once two or more wait); then concurrency 1 and 8 without the window (``--batch_timeout
+0``), concurrency 8 against a server that does not batch (``--max_batch_size 1``), and the same
+model exported to ONNX served with ONNX Runtime underneath (``--onnx``; paired with the PyTorch
+`evf.Predictor` and with `evf.deploy.OnnxPredictor`).
 
-    .venv/bin/python benchmarks/serve_load.py            # about 4 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/serve_load.py            # about 6 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ MALFORMED = [
     {"prompts": [{"text": "a"}] * 40},
     {"prompts": [{"text": "x" * 900}]},
 ]
+SOURCE_FLAGS = ("--pretrained", "--onnx")  # their temporary paths stay out of the results
 TEXTS = ["the red circle", "the blue square on the left", "the small triangle", "the largest shape"]
 
 
@@ -61,10 +65,12 @@ def _png(image: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _release(directory: Path) -> Path:
+def _exports(directory: Path) -> tuple[Path, Path]:
+    """The tiny model in the released layout and as an ONNX export (the same weights)."""
     import torch
 
     import evf
+    from evf.deploy import export_onnx
     from evf.tools.export import export_release
 
     torch.manual_seed(0)
@@ -72,13 +78,15 @@ def _release(directory: Path) -> Path:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    return export_release(model.eval(), directory, "beit3_tiny", "sam_tiny")
+    model.eval()
+    release = export_release(model, directory / "release", "beit3_tiny", "sam_tiny")
+    return release, export_onnx(model, directory / "onnx", "beit3_tiny", "sam_tiny")
 
 
 class Server:
     """``evf serve`` in its own process group."""
 
-    def __init__(self, release: Path, *flags: str) -> None:
+    def __init__(self, *flags: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
@@ -86,7 +94,6 @@ class Server:
             "-m",
             "evf.cli",
             "serve",
-            f"--pretrained={release}",
             f"--port={self.port}",
             *flags,
         ]
@@ -154,18 +161,31 @@ async def _load(url: str, image_ids: list[str], concurrency: int, seconds: float
     }
 
 
-def _predictor_decode_ms(release: Path, image: np.ndarray, repeats: int = 50) -> float:
-    import evf
-
-    predictor = evf.Predictor(evf.load_pretrained(release))
-    predictor.set_image(image)
-    predictor.predict(TEXTS[0])
-    times = []
-    for k in range(repeats):
-        start = time.perf_counter()
-        predictor.predict(TEXTS[k % len(TEXTS)])
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+def _paired_latency(url: str, image_id: str, predictor, repeats: int) -> dict:
+    """Concurrency 1, paired: ``repeats`` times one `evf.Predictor.predict` of a text prompt in this
+    process (the in-process floor, on the same image), then the same prompt served by ``image_id``.
+    Alternating the two cancels the drift of a shared 2-core machine that separate timings suffer."""
+    in_process, served = [], []
+    with httpx.Client(timeout=60) as client:
+        for k in range(repeats + 5):  # the first 5 pairs warm both sides up
+            text = TEXTS[k % len(TEXTS)]
+            start = time.perf_counter()
+            predictor.predict(text)
+            middle = time.perf_counter()
+            body = {"image_id": image_id, "prompts": [{"text": text}]}
+            client.post(f"{url}/segment", json=body).raise_for_status()
+            end = time.perf_counter()
+            if k >= 5:
+                in_process.append(middle - start)
+                served.append(end - middle)
+    floor, ms = np.median(in_process) * 1000, np.array(served) * 1000
+    return {
+        "pairs": repeats,
+        "predictor_decode_p50_ms": round(float(floor), 2),
+        "served_p50_ms": round(float(np.median(ms)), 2),
+        "served_p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "served_over_predictor": round(float(np.median(ms) / floor), 2),
+    }
 
 
 def main() -> None:
@@ -174,24 +194,33 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="per concurrency level")
     parser.add_argument("--max_requests", type=int, default=20_000, help="per concurrency level")
+    parser.add_argument("--pairs", type=int, default=200, help="paired concurrency-1 requests")
     parser.add_argument("--out", type=Path, default=RESULTS / "serve_load.json")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(4)]
     results: dict = {
         "machine": f"{os.cpu_count()} CPU cores",
-        "model": "beit3_tiny + sam_tiny (PyTorch, fp32)",
+        "model": "beit3_tiny + sam_tiny (fp32)",
     }
+    import evf
+    from evf.deploy import OnnxPredictor
+
     with tempfile.TemporaryDirectory() as tmp:
-        release = _release(Path(tmp) / "release")
-        results["predictor_decode_ms"] = round(_predictor_decode_ms(release, images[0]), 2)
-        levels_of = {"batched": (1, 8, 32), "batched_no_window": (1, 8), "unbatched": (8,)}
-        for name, flags in (
-            ("batched", ["--max_batch_size=8"]),  # the default: 5 ms window once two requests wait
-            ("batched_no_window", ["--max_batch_size=8", "--batch_timeout=0"]),  # only what is queued
-            ("unbatched", ["--max_batch_size=1"]),
-        ):
-            server = Server(release, *flags)
+        release, onnx = _exports(Path(tmp))
+        predictors = {"pytorch": evf.Predictor(evf.load_pretrained(release)), "onnx": OnnxPredictor(onnx)}
+        for predictor in predictors.values():
+            predictor.set_image(images[0])
+        for name, flags, levels, paired_with in (
+            # the default: every queued request, and a 5 ms window once two or more wait
+            ("batched", [f"--pretrained={release}", "--max_batch_size=8"], (1, 8, 32), ("pytorch",)),
+            # only what is queued, no window
+            ("batched_no_window", [f"--pretrained={release}", "--max_batch_size=8", "--batch_timeout=0"],
+             (1, 8), ()),
+            ("unbatched", [f"--pretrained={release}", "--max_batch_size=1"], (8,), ("pytorch",)),
+            ("onnx", [f"--onnx={onnx}", "--max_batch_size=8"], (1, 8), ("pytorch", "onnx")),
+        ):  # fmt: skip
+            server = Server(*flags)
             try:
                 ids = [
                     httpx.post(f"{server.url}/images", json={"image": _png(im)}, timeout=60).json()[
@@ -199,9 +228,14 @@ def main() -> None:
                     ]
                     for im in images
                 ]
+                paired = {
+                    runtime: _paired_latency(server.url, ids[0], predictors[runtime], args.pairs)
+                    for runtime in paired_with
+                }
+                for runtime, numbers in paired.items():
+                    print(name, f"paired with the {runtime} predictor:", numbers, flush=True)
                 asyncio.run(_load(server.url, ids, 4, 5.0, 2000))  # warm-up
                 rss = [round(server.rss_mb())]
-                levels = levels_of[name]
                 runs = []
                 for concurrency in levels:
                     runs.append(
@@ -209,7 +243,12 @@ def main() -> None:
                     )
                     rss.append(round(server.rss_mb()))
                     print(name, runs[-1], f"rss {rss[-1]} MB", flush=True)
-                results[name] = {"flags": flags, "runs": runs, "rss_mb_after_warmup_then_each_level": rss}
+                results[name] = {
+                    "flags": [f.split("=")[0] if f.startswith(SOURCE_FLAGS) else f for f in flags],
+                    "paired_concurrency_1": paired,
+                    "runs": runs,
+                    "rss_mb_after_warmup_then_each_level": rss,
+                }
             finally:
                 server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
