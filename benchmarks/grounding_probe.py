@@ -123,13 +123,10 @@ def train(encoder, data: dict, steps: int, batch_size: int, lr: float, every: in
 
 def save_encoder(encoder, checkpoint: Path, out: Path) -> None:
     """``checkpoint`` with the encoder's tensors replaced by the fine-tuned ones (unilm's names)."""
-    from evf.checkpoint import CheckpointFormat
-    from evf.encoders.beit3.checkpoint import beit3_export_rules
+    from evf.encoders.beit3.checkpoint import unilm_beit3_state
 
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state = CheckpointFormat("unilm_beit3 (export)", beit3_export_rules("beit3.")).remap(
-        encoder.state_dict(), "grounding probe"
-    )
+    state = unilm_beit3_state(encoder.state_dict(), "grounding probe")
     saved["model"].update({k: v.detach().clone() for k, v in state.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(saved, out)

@@ -132,6 +132,12 @@ TORCHSCALE_ONLY = ("vision_embed.mask_token",)
 """torchscale ``BEiT3`` tensors (under the prefix) that no `BEiT3Encoder` builds; each is ``[1,1,D]``."""
 
 
+def unilm_beit3_state(encoder_state: dict, source: str) -> dict:
+    """A `BEiT3Encoder` state dict under unilm's ``beit3.*`` names, the tensors of a file that
+    `create_encoder(..., checkpoint=)` loads (``{"model": ...}``); ``source`` names it in errors."""
+    return CheckpointFormat("unilm_beit3 (export)", beit3_export_rules("beit3.")).remap(encoder_state, source)
+
+
 def unilm_beit3_format(plan: Plan | None = None) -> CheckpointFormat:
     """The unilm format for an encoder built with ``plan`` (None: every part built).
 

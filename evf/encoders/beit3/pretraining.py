@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evf.checkpoint import CheckpointError, CheckpointFormat, load_checkpoint
+from evf.checkpoint import CheckpointError, load_checkpoint
 from evf.encoders import create_encoder
-from evf.encoders.beit3.checkpoint import beit3_export_rules, unilm_beit3_format
+from evf.encoders.beit3.checkpoint import unilm_beit3_format, unilm_beit3_state
 from evf.encoders.beit3.fusion import TEXT, VISION
 from evf.encoders.beit3.modeling import BEiT3Encoder
 from evf.encoders.pretraining import IGNORE, CaptionBatch, PretrainObjective, whole_word_mask, word_numbers
@@ -144,8 +144,7 @@ class BEiT3MaskedDataModelling(PretrainObjective):
         return self._word_logits(self._tokens(batch, masked, None)[TEXT])
 
     def save(self, path: Path) -> Path:
-        to_unilm = CheckpointFormat("unilm_beit3 (export)", beit3_export_rules("beit3."))
-        state = to_unilm.remap(self.encoder.state_dict(), "pretrained BEIT-3")
+        state = unilm_beit3_state(self.encoder.state_dict(), "pretrained BEIT-3")
         state["beit3.vision_embed.mask_token"] = self.mask_token.detach().view(1, 1, -1)  # unilm's shape
         heads = {k: v for k, v in self.head_state().items() if k != "mask_token"}
         torch.save({"model": {k: v.detach().clone() for k, v in state.items()}, HEADS_KEY: heads}, path)
