@@ -14,8 +14,9 @@ import torch
 
 from evf.datamodules.captions import CaptionSource, CocoCaptions, JsonlCaptions, ShapesCaptions
 from evf.datamodules.common import item_rng
-from evf.datamodules.shapes.captions import probe_sentence
+from evf.datamodules.shapes.captions import place, probe_sentence
 from evf.datamodules.shapes.expressions import COLOURS, SHAPES
+from evf.datamodules.shapes.scene import ShapeObject
 from evf.encoders.pretraining import CaptionBatch, PretrainObjective
 from evf.errors import UsageError
 
@@ -108,10 +109,8 @@ def probe(objective: PretrainObjective, batcher: CaptionBatcher, batch_size: int
             sums.setdefault("image_to_text_r1", []).append(float((scores.argmax(1) == target).float().mean()))
             sums.setdefault("text_to_image_r1", []).append(float((scores.argmax(0) == target).float().mean()))
         if isinstance(batcher.source, ShapesCaptions):
-            for word, choices in (("colour", COLOURS), ("shape", SHAPES)):
-                accuracy = _word_probe(objective, batcher, chunk, word, choices)
-                if accuracy is not None:
-                    sums.setdefault(f"masked_{word}_accuracy", []).append(accuracy)
+            for name, value in _word_probes(objective, batcher, chunk).items():
+                sums.setdefault(name, []).append(value)
     objective.train()
     out = {name: round(float(np.mean(values)), 4) for name, values in sorted(sums.items())}
     if "image_to_text_r1" in out:
@@ -119,34 +118,68 @@ def probe(objective: PretrainObjective, batcher: CaptionBatcher, batch_size: int
     return out
 
 
-def _word_probe(
-    objective: PretrainObjective,
-    batcher: CaptionBatcher,
-    chunk: list[int],
-    word: str,
-    choices: tuple[str, ...],
-) -> float | None:
-    """Accuracy of the masked ``word`` (colour or shape) of every object's probe sentence, predicted
-    among ``choices``; None for a family without masked language modelling."""
+PROBED_WORDS: dict[str, tuple[str, ...]] = {
+    "colour": COLOURS,
+    "shape": SHAPES,
+    "row": ("top", "bottom"),
+    "column": ("left", "right"),
+}
+"""Each probed word of the probe sentence and its choices (a place word only where the sentence has
+one: "in the top left" has both, "on the left" only a column, "in the centre" neither)."""
+
+
+def _probed_word(obj: ShapeObject, width: int, height: int, word: str) -> str | None:
+    if word in ("colour", "shape"):
+        return getattr(obj, word)
+    row, column = place(obj, width, height)
+    answer = row if word == "row" else column
+    return answer if answer in PROBED_WORDS[word] else None
+
+
+def _word_probes(objective: PretrainObjective, batcher: CaptionBatcher, chunk: list[int]) -> dict[str, float]:
+    """Masked-word accuracies on every object's probe sentence ("there is a red circle in the top left"),
+    one word masked at a time and predicted among its choices; empty for a family without masked
+    language modelling.
+
+    * ``masked_colour_accuracy`` / ``masked_shape_accuracy``: among the four colours / three shapes.
+      Knowing which colours the image holds scores well above chance without finding the object.
+    * ``masked_colour_in_scene_accuracy``: the colour among those the scene holds (chance: one over
+      their number), and ``masked_place_accuracy``: the row word between "top" and "bottom", the
+      column word between "left" and "right" (chance 0.5). Both need the described object found in
+      the image: they measure binding, which the fine-tuned token needs to point at a referent.
+    """
     tokenize = batcher.preprocessor.tokenize
-    choice_ids = [int(tokenize([c])["input_ids"][0, 1]) for c in choices]
-    pixels, texts, answers = [], [], []
-    for index in chunk:
-        image, objects = batcher.source.scene(index)
-        height, width = image.shape[:2]
-        for obj in objects:
-            pixels.append(batcher._transform(index, image))
-            texts.append(probe_sentence(obj, width, height))
-            answers.append(choices.index(getattr(obj, word)))
-    tokens = tokenize(texts)
-    ids = tokens["input_ids"]
-    masked = torch.isin(ids, torch.tensor(choice_ids))  # the colour / shape word of each sentence
-    batch = CaptionBatch(torch.stack(pixels), ids, tokens["attention_mask"], texts)
-    logits = objective.masked_word_logits(batch, masked)
-    if logits is None:
-        return None
-    picked = logits[masked][:, choice_ids].argmax(-1)
-    return float((picked == torch.tensor(answers)).float().mean())
+    hits: dict[str, list[bool]] = {}
+    for word, choices in PROBED_WORDS.items():
+        choice_ids = torch.tensor([int(tokenize([c])["input_ids"][0, 1]) for c in choices])
+        pixels, texts, answers, present = [], [], [], []
+        for index in chunk:
+            image, objects = batcher.source.scene(index)
+            height, width = image.shape[:2]
+            for obj in objects:
+                answer = _probed_word(obj, width, height, word)
+                if answer is not None:
+                    pixels.append(batcher._transform(index, image))
+                    texts.append(probe_sentence(obj, width, height))
+                    answers.append(choices.index(answer))
+                    present.append([c in {o.colour for o in objects} for c in choices])
+        if not texts:
+            continue
+        tokens = tokenize(texts)
+        ids = tokens["input_ids"]
+        masked = torch.isin(ids, choice_ids)  # the probed word (no sentence has two of one kind)
+        batch = CaptionBatch(torch.stack(pixels), ids, tokens["attention_mask"], texts)
+        logits = objective.masked_word_logits(batch, masked)
+        if logits is None:
+            return {}
+        scores = logits[masked][:, choice_ids]
+        target = torch.tensor(answers)
+        name = "place" if word in ("row", "column") else word
+        hits.setdefault(f"masked_{name}_accuracy", []).extend((scores.argmax(-1) == target).tolist())
+        if word == "colour":
+            in_scene = scores.masked_fill(~torch.tensor(present), float("-inf")).argmax(-1)
+            hits.setdefault("masked_colour_in_scene_accuracy", []).extend((in_scene == target).tolist())
+    return {name: float(np.mean(values)) for name, values in hits.items()}
 
 
 def describe_source(source: CaptionSource, count: int) -> str:

@@ -18,7 +18,9 @@ schedule are saved every ``save_every`` steps to ``<out>.resume.pt``, and a reru
 command continues from there (bit-identically) and deletes it at the end. At the end a probe runs
 on held-out pairs, for the random-init encoder and the pretrained one: masked colour- and shape-word
 accuracy on shapes (the word masked in "there is a red circle in the top left", chosen among the
-four colours / three shapes), masked-word accuracy, image-text retrieval R@1 (CLIP) and matching
+four colours / three shapes), and two that need the described object found in the image: the colour
+among the scene's own colours and the place word ("top" or "bottom", "left" or "right"); masked-word
+accuracy, image-text retrieval R@1 (CLIP) and matching
 accuracy (ViLT). The weights go to ``out`` in the family's checkpoint format and a JSON card beside
 them says what was done, what it reached and the command that remakes the file.
 """

@@ -34,6 +34,8 @@ def test_a_resumed_run_writes_the_same_weights_as_an_uninterrupted_one(tmp_path)
     )
     assert set(card["probe"]) == {
         "masked_colour_accuracy",
+        "masked_colour_in_scene_accuracy",
+        "masked_place_accuracy",
         "masked_shape_accuracy",
         "mlm_accuracy",
         "mim_accuracy",
@@ -91,3 +93,56 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
             main(["pretrain-encoder", *argv, "--progress=false"])
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+class _Answers(torch.nn.Module):
+    """Masked-word logits without a model: the true word (read from the unmasked ids the probe passes),
+    or always the first candidate of each list ("red", "circle", "top", "left")."""
+
+    def __init__(self, preprocessor, oracle: bool) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Module()
+        self.encoder.preprocessor = preprocessor
+        self.oracle = oracle
+
+    def masked_word_logits(self, batch, masked):
+        logits = torch.zeros(*batch.input_ids.shape, 1000)
+        if self.oracle:
+            return logits.scatter_(2, batch.input_ids[..., None], 1.0)
+        tokenize = self.encoder.preprocessor.tokenize
+        logits[..., [int(tokenize([w])["input_ids"][0, 1]) for w in ("red", "circle", "top", "left")]] = 1.0
+        return logits
+
+
+def test_the_binding_probes_mask_one_word_and_score_it_among_its_choices():
+    from evf.datamodules.captions import ShapesCaptions
+    from evf.datamodules.shapes.captions import place
+    from evf.datamodules.shapes.expressions import COLOURS
+    from evf.tools.pretrain_data import CaptionBatcher, _word_probes
+
+    source, chunk = ShapesCaptions(6, seed=0, split="val"), list(range(6))
+    preprocessor = evf.create_encoder("beit3_tiny").preprocessor
+    numbers = {}
+    for oracle in (True, False):
+        answers = _Answers(preprocessor, oracle)
+        numbers[oracle] = _word_probes(answers, CaptionBatcher(answers, source, chunk, seed=1), chunk)
+    assert numbers[True] == {
+        "masked_colour_accuracy": 1.0,
+        "masked_colour_in_scene_accuracy": 1.0,
+        "masked_shape_accuracy": 1.0,
+        "masked_place_accuracy": 1.0,
+    }
+    scenes = [source.scene(i) for i in chunk]
+    objects = [
+        (o, image.shape[1], image.shape[0], {p.colour for p in objs}) for image, objs in scenes for o in objs
+    ]
+    places = [place(o, w, h) for o, w, h, _ in objects]
+    said = [r for r, _ in places if r != "middle"] + [c for _, c in places if c != "middle"]
+    in_scene = [next(c for c in COLOURS if c in present) for *_, present in objects]  # "red" if present
+    hits_in_scene = [o.colour == c for (o, *_), c in zip(objects, in_scene, strict=True)]
+    assert numbers[False] == pytest.approx({
+        "masked_colour_accuracy": np.mean([o.colour == "red" for o, *_ in objects]),
+        "masked_colour_in_scene_accuracy": np.mean(hits_in_scene),
+        "masked_shape_accuracy": np.mean([o.shape == "circle" for o, *_ in objects]),
+        "masked_place_accuracy": np.mean([w in ("top", "left") for w in said]),
+    })  # fmt: skip
