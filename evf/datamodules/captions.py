@@ -54,11 +54,21 @@ class ShapesCaptions:
             are none of the task's scenes of any seed-0 run.
         split: ``train`` for pretraining, ``val`` for the probe's held-out scenes.
         max_sentences: most sentences per caption.
+        num_objects: inclusive range of objects per scene (the task's scenes hold 3-5; scenes with
+            one or two objects let an encoder learn where a thing is before it learns which).
     """
 
-    def __init__(self, num_images: int, seed: int = 0, split: str = "train", max_sentences: int = 3) -> None:
+    def __init__(
+        self,
+        num_images: int,
+        seed: int = 0,
+        split: str = "train",
+        max_sentences: int = 3,
+        num_objects: tuple[int, int] = (3, 5),
+    ) -> None:
         self.name = f"shapes_captions/{split}"
         self.num_images, self.seed, self.split, self.max_sentences = num_images, seed, split, max_sentences
+        self.num_objects = tuple(num_objects)
         self._scenes: dict[int, tuple[np.ndarray, tuple[ShapeObject, ...]]] = {}
 
     def __len__(self) -> int:
@@ -67,7 +77,9 @@ class ShapesCaptions:
     def scene(self, index: int) -> tuple[np.ndarray, tuple[ShapeObject, ...]]:
         """The image and objects of scene ``index`` (rendered once, then kept: a scene costs ~3 ms)."""
         if index not in self._scenes:
-            scene = generate_scene(self.seed + PRETRAIN_SCENE_STREAM, self.split, index)
+            scene = generate_scene(
+                self.seed + PRETRAIN_SCENE_STREAM, self.split, index, num_objects=self.num_objects
+            )
             self._scenes[index] = (scene.image, scene.objects)
         return self._scenes[index]
 

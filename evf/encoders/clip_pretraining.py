@@ -70,10 +70,16 @@ class CLIPContrastive(PretrainObjective):
 
 
 def build_objective(
-    encoder: str, tokenizer: str | Path | None = None, **encoder_kwargs: Any
+    encoder: str,
+    tokenizer: str | Path | None = None,
+    objective_kwargs: dict[str, Any] | None = None,
+    **encoder_kwargs: Any,
 ) -> CLIPContrastive:
     """Contrastive pretraining around a random-init ``encoder`` (a registered CLIP name)."""
-    return CLIPContrastive(create_encoder(encoder, tokenizer=tokenizer, fusion="late", **encoder_kwargs))
+    return CLIPContrastive(
+        create_encoder(encoder, tokenizer=tokenizer, fusion="late", **encoder_kwargs),
+        **(objective_kwargs or {}),
+    )
 
 
 __all__ = ["CLIPContrastive", "TO_OPEN_CLIP", "build_objective"]

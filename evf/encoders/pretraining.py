@@ -130,11 +130,14 @@ def build_objective(
     tokenizer: str | Path | None = None,
     pretrained: str | Path | None = None,
     encoder_kwargs: dict[str, Any] | None = None,
+    objective_kwargs: dict[str, Any] | None = None,
 ) -> PretrainObjective:
     """The pretraining objective of a registered encoder's family, around a random-init encoder, or
     with encoder and heads from what `PretrainObjective.save` wrote to ``pretrained``.
     ``encoder_kwargs`` go to the encoder's factory (architecture overrides such as BEIT-3's
     ``sub_ln``); the fine-tuning config must pass the same ones to load the weights.
+    ``objective_kwargs`` go to the objective (BEIT-3: ``mask_rate``, ``patch_mask_rate``,
+    ``always_masked``; ViLT: ``mask_rate``, ``swap_rate``).
 
     Raises:
         ValueError: the encoder's family has no pretraining objective.
@@ -146,7 +149,7 @@ def build_objective(
         )
     module, function = OBJECTIVES[family].split(":")
     build = getattr(importlib.import_module(module), function)
-    objective = build(encoder, tokenizer, **(encoder_kwargs or {}))
+    objective = build(encoder, tokenizer, objective_kwargs, **(encoder_kwargs or {}))
     if pretrained is not None:
         objective.load(Path(pretrained))
     return objective

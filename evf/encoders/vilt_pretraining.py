@@ -121,10 +121,17 @@ class ViltMatchingAndMLM(PretrainObjective):
 
 
 def build_objective(
-    encoder: str, tokenizer: str | Path | None = None, **encoder_kwargs: Any
+    encoder: str,
+    tokenizer: str | Path | None = None,
+    objective_kwargs: dict[str, Any] | None = None,
+    **encoder_kwargs: Any,
 ) -> ViltMatchingAndMLM:
-    """Matching + MLM pretraining around a random-init ``encoder`` (a registered ViLT name)."""
-    return ViltMatchingAndMLM(create_encoder(encoder, tokenizer=tokenizer, fusion="early", **encoder_kwargs))
+    """Matching + MLM pretraining around a random-init ``encoder`` (a registered ViLT name);
+    ``objective_kwargs``: ``mask_rate``, ``swap_rate``."""
+    return ViltMatchingAndMLM(
+        create_encoder(encoder, tokenizer=tokenizer, fusion="early", **encoder_kwargs),
+        **(objective_kwargs or {}),
+    )
 
 
 __all__ = ["MASK_RATE", "SWAP_RATE", "ViltMatchingAndMLM", "build_objective"]

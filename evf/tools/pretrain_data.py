@@ -24,11 +24,18 @@ CAPTION_STREAM, ORDER_STREAM, PROBE_STREAM = 0xCA9, 0x0D3E, 0x960B
 
 
 def caption_sources(
-    captions: Path | None, images: Path | None, num_train: int, num_probe: int, seed: int, max_sentences: int
+    captions: Path | None,
+    images: Path | None,
+    num_train: int,
+    num_probe: int,
+    seed: int,
+    max_sentences: int,
+    scene_objects: tuple[int, int] = (3, 5),
 ) -> tuple[CaptionSource, CaptionSource, list[int], list[int]]:
-    """Training and probe sources with the indices each uses."""
+    """Training and probe sources with the indices each uses (shapes: training scenes of
+    ``scene_objects`` objects, probe scenes of 3-5 as the task's)."""
     if captions is None:
-        train = ShapesCaptions(num_train, seed, "train", max_sentences)
+        train = ShapesCaptions(num_train, seed, "train", max_sentences, scene_objects)
         probe = ShapesCaptions(num_probe, seed, "val", max_sentences)
         return train, probe, list(range(num_train)), list(range(num_probe))
     captions = Path(captions)
@@ -185,8 +192,9 @@ def _word_probes(objective: PretrainObjective, batcher: CaptionBatcher, chunk: l
 def describe_source(source: CaptionSource, count: int) -> str:
     if isinstance(source, ShapesCaptions):
         return (
-            f"{count} shapes scenes (scene stream {source.name}, seed {source.seed}, none of the task's "
-            f"scenes) with generated whole-scene captions of 1-{source.max_sentences} sentences"
+            f"{count} shapes scenes of {source.num_objects[0]}-{source.num_objects[1]} objects (scene stream "
+            f"{source.name}, seed {source.seed}, none of the task's scenes) with generated whole-scene "
+            f"captions of 1-{source.max_sentences} sentences"
         )
     return f"{count} images of {source.name}"
 

@@ -52,11 +52,25 @@ log = logging.getLogger(__name__)
 
 _MASK_STREAM = 0x3A5C
 OBJECTIVE_NAMES = {
-    "beit3": "BEIT-3 masked data modelling: 50% of the caption's words masked, predicted from image + text",
+    "beit3": "BEIT-3 masked data modelling: {mask_rate:.0%} of the caption's words masked{always}, "
+    "predicted from image + text; {patch_mask_rate:.0%} of the patches masked in blocks",
     "clip": "CLIP symmetric image-text contrastive loss (InfoNCE both ways, learnt temperature)",
     "vilt": "ViLT image-text matching (half the captions swapped) + masked language modelling (15% of words)",
 }
 DEFAULT_OUT = {"beit3": "{name}_shapes.pth", "clip": "{name}_shapes.pt", "vilt": "{name}_shapes"}
+
+
+def _describe_objective(family: str, objective_kwargs: dict[str, Any]) -> str:
+    if family != "beit3":
+        return OBJECTIVE_NAMES[family]
+    from evf.encoders.beit3.pretraining import MASK_RATE, PATCH_MASK_RATE
+
+    always = objective_kwargs.get("always_masked", ())
+    return OBJECTIVE_NAMES[family].format(
+        mask_rate=objective_kwargs.get("mask_rate", MASK_RATE),
+        patch_mask_rate=objective_kwargs.get("patch_mask_rate", PATCH_MASK_RATE),
+        always=f" and every {', '.join(repr(w) for w in always)}" if always else "",
+    )
 
 
 @dataclass
@@ -65,6 +79,7 @@ class PretrainEncoderReport:
 
     encoder: str
     encoder_kwargs: dict[str, Any]
+    objective_kwargs: dict[str, Any]
     objective: str
     data: str
     steps: int
@@ -88,6 +103,7 @@ def pretrain_encoder(
     images: Path | None = None,
     tokenizer: Path | None = None,
     encoder_kwargs: dict[str, Any] | None = None,
+    objective_kwargs: dict[str, Any] | None = None,
     steps: int = 3000,
     batch_size: int = 48,
     lr: float = 1e-3,
@@ -96,6 +112,7 @@ def pretrain_encoder(
     num_train: int = 8000,
     num_probe: int = 100,
     max_sentences: int = 2,
+    scene_objects: tuple[int, int] = (3, 5),
     seed: int = 0,
     save_every: int = 250,
     stop_after: int | None = None,
@@ -117,6 +134,10 @@ def pretrain_encoder(
         encoder_kwargs: architecture arguments of the encoder's factory, e.g. ``{"sub_ln": false,
             "position_init": "sincos"}`` for the shipped ``beit3_tiny``; recorded in the card, and
             a fine-tuning config passes the same ones as ``model.encoder_kwargs``.
+        objective_kwargs: arguments of the family's objective, recorded in the card; BEIT-3:
+            ``mask_rate``, ``patch_mask_rate``, ``always_masked`` (words masked wherever they occur,
+            e.g. ``{"mask_rate": 0.15, "always_masked": ["top", "bottom", "left", "right"]}`` for the
+            shipped ``beit3_tiny``); ViLT: ``mask_rate``, ``swap_rate``.
         steps: optimiser steps.
         batch_size: image-caption pairs per step.
         lr: AdamW peak learning rate (linear warmup, then linear decay to 0).
@@ -125,6 +146,8 @@ def pretrain_encoder(
         num_train: shapes scenes to pretrain on (ignored for files).
         num_probe: held-out pairs for the probe (files: at most a fifth, taken from the end).
         max_sentences: most sentences in a generated shapes caption.
+        scene_objects: inclusive range of objects in a training shapes scene (the probe's scenes
+            hold 3-5, as the task's).
         seed: seed of the initialisation and of every draw.
         save_every: steps between resumable states (``<out>.resume.pt``).
         stop_after: stop after this many steps of this run, leaving the resumable state (a time slice).
@@ -146,9 +169,9 @@ def pretrain_encoder(
     out = Path(out)
     with deterministic_cpu(threads):
         return _pretrain(
-            encoder, encoder_kwargs or {}, family, out, captions, images, tokenizer, steps, batch_size,
-            lr, warmup_steps, weight_decay, num_train, num_probe, max_sentences, seed, save_every,
-            stop_after, progress,
+            encoder, encoder_kwargs or {}, objective_kwargs or {}, family, out, captions, images,
+            tokenizer, steps, batch_size, lr, warmup_steps, weight_decay, num_train, num_probe,
+            max_sentences, tuple(scene_objects), seed, save_every, stop_after, progress,
         )  # fmt: skip
 
 
@@ -164,20 +187,24 @@ def _tokenizer_for(family: str, out: Path, tokenizer: Path | None, captions: Pat
 
 
 def _pretrain(
-    encoder: str, encoder_kwargs: dict[str, Any], family: str, out: Path, captions: Path | None,
-    images: Path | None, tokenizer: Path | None, steps: int, batch_size: int, lr: float, warmup_steps: int,
-    weight_decay: float, num_train: int, num_probe: int, max_sentences: int, seed: int,
-    save_every: int, stop_after: int | None, progress: bool,
+    encoder: str, encoder_kwargs: dict[str, Any], objective_kwargs: dict[str, Any], family: str, out: Path,
+    captions: Path | None, images: Path | None, tokenizer: Path | None, steps: int, batch_size: int,
+    lr: float, warmup_steps: int, weight_decay: float, num_train: int, num_probe: int, max_sentences: int,
+    scene_objects: tuple[int, int], seed: int, save_every: int, stop_after: int | None, progress: bool,
 ) -> PretrainEncoderReport | None:  # fmt: skip
     tokenizer = _tokenizer_for(family, out, tokenizer, captions)
     train_source, probe_source, train_indices, probe_indices = caption_sources(
-        captions, images, num_train, num_probe, seed, max_sentences
+        captions, images, num_train, num_probe, seed, max_sentences, scene_objects
     )
     torch.manual_seed(seed)
     try:
-        objective = build_objective(encoder, tokenizer, encoder_kwargs=encoder_kwargs)
-    except TypeError as error:  # an argument the encoder's factory does not take
-        raise UsageError(f"--encoder_kwargs: {error}") from None
+        objective = build_objective(
+            encoder, tokenizer, encoder_kwargs=encoder_kwargs, objective_kwargs=objective_kwargs
+        )
+    except TypeError as error:  # an argument the encoder's factory or the objective does not take
+        raise UsageError(f"--encoder_kwargs / --objective_kwargs: {error}") from None
+    except ValueError as error:  # e.g. an always-masked word the tokenizer splits
+        raise UsageError(f"--objective_kwargs: {error}") from None
     batcher = CaptionBatcher(objective, train_source, train_indices, seed)
     probe_batcher = CaptionBatcher(objective, probe_source, probe_indices, seed + 1)
     optimizer = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=weight_decay)
@@ -228,7 +255,8 @@ def _pretrain(
     out.parent.mkdir(parents=True, exist_ok=True)
     written = objective.save(out)
     report = PretrainEncoderReport(
-        encoder=encoder, encoder_kwargs=encoder_kwargs, objective=OBJECTIVE_NAMES[family],
+        encoder=encoder, encoder_kwargs=encoder_kwargs, objective_kwargs=objective_kwargs,
+        objective=_describe_objective(family, objective_kwargs),
         data=describe_source(train_source, len(train_indices)),
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, seconds=round(seconds, 1), probe=reached,
         random_init_probe=baseline, parameters=sum(p.numel() for p in objective.encoder.parameters()),

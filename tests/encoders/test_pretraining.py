@@ -90,6 +90,32 @@ def test_beit3_masks_whole_words_and_predicts_them_from_the_image():
     assert objective.encoder.plan.normed == ("vision", TEXT)
 
 
+def test_beit3_masks_the_always_masked_words_wherever_they_occur_and_refuses_a_split_one():
+    objective = build_objective(
+        "beit3_tiny", objective_kwargs={"mask_rate": 0.15, "always_masked": ["top", "left"]}
+    )
+    captions = ["there is a red circle in the top left", "a blue square sits at the top", "a green shape"]
+    ids = objective.encoder.preprocessor.tokenize(captions)["input_ids"]
+    place = torch.isin(ids, objective.always_masked_ids)
+    assert place.sum(1).tolist() == [2, 1, 0]
+    others = torch.zeros_like(place)
+    for seed in range(5):
+        masked = objective.text_mask(ids, torch.Generator().manual_seed(seed))
+        assert masked[place].all()
+        others |= masked & ~place
+    assert others.sum(1).gt(0).all()  # the rate's words come on top, in every caption
+    plain = build_objective("beit3_tiny")
+    assert not plain.text_mask(ids, torch.Generator().manual_seed(0))[place].all()  # without: by chance
+    with pytest.raises(ValueError, match="'middle' is 7 pieces"):
+        build_objective("beit3_tiny", objective_kwargs={"always_masked": ["middle"]})
+
+
+def test_shapes_captions_draw_scenes_of_the_asked_object_counts():
+    counts = {len(ShapesCaptions(30, seed=0, num_objects=(1, 2)).scene(i)[1]) for i in range(30)}
+    assert counts == {1, 2}
+    assert {len(ShapesCaptions(10, seed=0).scene(i)[1]) for i in range(10)} <= {3, 4, 5}
+
+
 def test_beit3_masks_patches_in_blocks_and_predicts_their_quantised_colour():
     from evf.encoders.beit3.pretraining import VISUAL_TOKENS, block_mask, visual_tokens
 

@@ -66,11 +66,15 @@ def test_the_command_pretrains_vilt_on_a_jsonl_of_captions(tmp_path, capsys):
 
 def test_architecture_arguments_reach_the_encoder_and_the_card(tmp_path, capsys):
     architecture = {"sub_ln": False, "position_init": "sincos"}
+    masking = {"mask_rate": 0.15, "always_masked": ["top", "bottom", "left", "right"]}
     main(["pretrain-encoder", "--encoder=beit3_tiny", f"--out={tmp_path / 'plain.pth'}",
-          f"--encoder_kwargs={json.dumps(architecture)}", "--steps=2", "--batch_size=4", "--warmup_steps=1",
+          f"--encoder_kwargs={json.dumps(architecture)}", f"--objective_kwargs={json.dumps(masking)}",
+          "--scene_objects=[1, 5]", "--steps=2", "--batch_size=4", "--warmup_steps=1",
           "--num_train=8", "--num_probe=3", "--progress=false"])  # fmt: skip
     card = json.loads((tmp_path / "plain.json").read_text())
-    assert card["encoder_kwargs"] == architecture
+    assert card["encoder_kwargs"] == architecture and card["objective_kwargs"] == masking
+    assert "15% of the caption's words masked and every 'top'" in card["objective"]
+    assert card["data"].startswith("8 shapes scenes of 1-5 objects")
     weights = _weights(tmp_path / "plain.pth")
     assert weights and not any("inner_attn_ln" in k or "ffn_layernorm" in k for k in weights)
     evf.create_encoder("beit3_tiny", checkpoint=tmp_path / "plain.pth", **architecture)
@@ -79,6 +83,12 @@ def test_architecture_arguments_reach_the_encoder_and_the_card(tmp_path, capsys)
               "--progress=false"])  # fmt: skip
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--encoder_kwargs" in err and "sub_lm" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain-encoder", f"--out={tmp_path / 'o.pth'}",
+              '--objective_kwargs={"always_masked": ["middle"]}', "--progress=false"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--objective_kwargs" in err and "'middle'" in err
+    assert "Traceback" not in err
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):

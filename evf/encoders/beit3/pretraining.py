@@ -7,7 +7,10 @@ in BEIT-3's pretraining), both masked in the same pass:
   than BERT's 15%, so that the image has to fill in what the words leave out), half of the words
   become ``<mask>`` (whole words, since the shapes tokenizer spells rare words piece by piece) and
   are predicted from the image and the rest of the caption by BERT's head (dense, GELU, LayerNorm,
-  then the token embedding transposed, plus a bias);
+  then the token embedding transposed, plus a bias). ``always_masked`` words are masked wherever
+  they occur, on top of the rate: the shipped ``beit3_tiny`` masks the place words ("top",
+  "bottom", "left", "right") so that every caption asks where a described object is, with 15% of
+  the other words (docs/pretraining.md, "Binding");
 * masked image modelling: 40% of the patches, in blocks (BEiT's block-wise masking), become the
   learnt ``mask_token`` and their visual tokens are predicted from the other patches and the
   caption. BEIT-3's visual tokens come from BEiT v2's tokenizer, a network trained beforehand;
@@ -77,10 +80,20 @@ class BEiT3MaskedDataModelling(PretrainObjective):
     Args:
         encoder: the encoder; its plan must build the text side of the last layer.
         mask_rate: share of the caption's words masked.
+        patch_mask_rate: share of the patches masked (in blocks).
+        always_masked: words masked wherever they occur, on top of ``mask_rate``; each must be one
+            piece of the tokenizer.
+
+    Raises:
+        ValueError: an ``always_masked`` word the tokenizer splits.
     """
 
     def __init__(
-        self, encoder: BEiT3Encoder, mask_rate: float = MASK_RATE, patch_mask_rate: float = PATCH_MASK_RATE
+        self,
+        encoder: BEiT3Encoder,
+        mask_rate: float = MASK_RATE,
+        patch_mask_rate: float = PATCH_MASK_RATE,
+        always_masked: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         if encoder.fusion != "early" or TEXT not in encoder.plan.normed:
@@ -103,10 +116,21 @@ class BEiT3MaskedDataModelling(PretrainObjective):
         self.register_buffer("starts", torch.tensor([p.startswith("▁") for p in pieces]), persistent=False)
         self.register_buffer("specials", specials, persistent=False)
         self.mask_id = tokenizer.mask_id
+        self.register_buffer("always_masked_ids", self._single_piece_ids(always_masked), persistent=False)
+
+    def _single_piece_ids(self, words: tuple[str, ...]) -> torch.Tensor:
+        tokenize = self.encoder.preprocessor.tokenize
+        ids = []
+        for word in words:
+            pieces = tokenize([word])["input_ids"][0]
+            inner = pieces[1 : int(tokenize([word])["attention_mask"][0].sum()) - 1]
+            if len(inner) != 1:
+                raise ValueError(f"always_masked: {word!r} is {len(inner)} pieces of the tokenizer, not one")
+            ids.append(int(inner[0]))
+        return torch.tensor(ids, dtype=torch.long)
 
     def forward(self, batch: CaptionBatch, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        words = word_numbers(batch.input_ids, self.starts, self.specials)
-        masked = whole_word_mask(words, self.mask_rate, gen)
+        masked = self.text_mask(batch.input_ids, gen)
         embed = self.encoder.vision_embed
         side = embed.img_size // embed.proj.kernel_size[0]
         patches = block_mask(len(batch.pixels), side, self.patch_mask_rate, gen).to(batch.pixels.device)
@@ -124,6 +148,12 @@ class BEiT3MaskedDataModelling(PretrainObjective):
             "mlm_accuracy": (logits.argmax(-1) == batch.input_ids)[masked].float().mean(),
             "mim_accuracy": (image_logits.argmax(-1) == image_labels).float().mean(),
         }
+
+    def text_mask(self, input_ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The masked tokens of ``[B,L]`` ids: ``mask_rate`` of the words, whole, and every
+        ``always_masked`` word -> ``[B,L]`` bool."""
+        words = word_numbers(input_ids, self.starts, self.specials)
+        return whole_word_mask(words, self.mask_rate, gen) | torch.isin(input_ids, self.always_masked_ids)
 
     def _tokens(self, batch: CaptionBatch, masked: torch.Tensor, patches: torch.Tensor | None):
         ids = batch.input_ids.masked_fill(masked, self.mask_id)
@@ -163,11 +193,19 @@ class BEiT3MaskedDataModelling(PretrainObjective):
 
 
 def build_objective(
-    encoder: str, tokenizer: str | Path | None = None, **encoder_kwargs: Any
+    encoder: str,
+    tokenizer: str | Path | None = None,
+    objective_kwargs: dict[str, Any] | None = None,
+    **encoder_kwargs: Any,
 ) -> BEiT3MaskedDataModelling:
-    """Masked data modelling around a random-init ``encoder`` (a registered BEIT-3 name)."""
+    """Masked data modelling around a random-init ``encoder`` (a registered BEIT-3 name);
+    ``objective_kwargs``: ``mask_rate``, ``patch_mask_rate``, ``always_masked``."""
+    kwargs = dict(objective_kwargs or {})
+    if "always_masked" in kwargs:
+        kwargs["always_masked"] = tuple(kwargs["always_masked"])
     return BEiT3MaskedDataModelling(
-        create_encoder(encoder, tokenizer=tokenizer, fusion="early", **encoder_kwargs, feature="concat")
+        create_encoder(encoder, tokenizer=tokenizer, fusion="early", **encoder_kwargs, feature="concat"),
+        **kwargs,
     )
 
 
