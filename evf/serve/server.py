@@ -17,6 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
 from evf.errors import UsageError
 from evf.serve.api import ImagesAPI, ModelSource, SegmentAPI
 from evf.serve.cache import FeatureCache
@@ -40,7 +44,7 @@ def build_server(
     configure(Settings(limits or Limits(), FeatureCache(cache_dir, cache_entries)))
     images = ImagesAPI(source, cache_dir, cache_entries, presence_threshold)
     segment = SegmentAPI(source, cache_dir, cache_entries, presence_threshold, max_batch_size, batch_timeout)
-    return ls.LitServer(
+    server = ls.LitServer(
         [images, segment],
         accelerator="cpu",
         devices=1,
@@ -48,6 +52,15 @@ def build_server(
         timeout=120,
         max_payload_size=int(max_body_mb * 1024 * 1024),
     )
+    server.app.add_exception_handler(RequestValidationError, _validation_error)
+    return server
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 without its ``input`` and ``ctx``: they repeat the request, inline image included
+    (megabytes of base64 sent back for one wrong box)."""
+    detail = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 def serve(
