@@ -8,9 +8,9 @@ in BEIT-3's pretraining), both masked in the same pass:
   become ``<mask>`` (whole words, since the shapes tokenizer spells rare words piece by piece) and
   are predicted from the image and the rest of the caption by BERT's head (dense, GELU, LayerNorm,
   then the token embedding transposed, plus a bias). ``always_masked`` words are masked wherever
-  they occur, on top of the rate: the shipped ``beit3_tiny`` masks the place words ("top",
-  "bottom", "left", "right") so that every caption asks where a described object is, with 15% of
-  the other words (docs/pretraining.md, "Binding");
+  they occur, on top of the rate: masking the place words ("top", "bottom", "left", "right") with
+  15% of the others makes every caption ask where a described object is (docs/pretraining.md,
+  "Binding");
 * masked image modelling: 40% of the patches, in blocks (BEiT's block-wise masking), become the
   learnt ``mask_token`` and their visual tokens are predicted from the other patches and the
   caption. BEIT-3's visual tokens come from BEiT v2's tokenizer, a network trained beforehand;
@@ -122,8 +122,8 @@ class BEiT3MaskedDataModelling(PretrainObjective):
         tokenize = self.encoder.preprocessor.tokenize
         ids = []
         for word in words:
-            pieces = tokenize([word])["input_ids"][0]
-            inner = pieces[1 : int(tokenize([word])["attention_mask"][0].sum()) - 1]
+            tokens = tokenize([word])
+            inner = tokens["input_ids"][0, 1 : int(tokens["attention_mask"][0].sum()) - 1]  # no <s>, </s>
             if len(inner) != 1:
                 raise ValueError(f"always_masked: {word!r} is {len(inner)} pieces of the tokenizer, not one")
             ids.append(int(inner[0]))
