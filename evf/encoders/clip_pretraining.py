@@ -47,6 +47,9 @@ class CLIPContrastive(PretrainObjective):
         texts = F.normalize(self.encoder.encode_text(batch.input_ids), dim=-1)
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * images @ texts.T
 
+    def description(self) -> str:
+        return "CLIP symmetric image-text contrastive loss (InfoNCE both ways, learnt temperature)"
+
     def forward(self, batch: CaptionBatch, gen: torch.Generator) -> dict[str, torch.Tensor]:
         logits = self.similarities(batch)
         target = torch.arange(len(logits), device=logits.device)

@@ -55,6 +55,10 @@ class PretrainObjective(nn.Module, ABC):
     encoder: MultimodalEncoder
 
     @abstractmethod
+    def description(self) -> str:
+        """What this objective does, with its rates: the card's ``objective``."""
+
+    @abstractmethod
     def forward(self, batch: CaptionBatch, gen: torch.Generator) -> dict[str, torch.Tensor]:
         """The loss of one batch (``loss``) and its terms; ``gen`` draws every mask and negative."""
 

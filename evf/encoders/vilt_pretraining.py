@@ -68,6 +68,12 @@ class ViltMatchingAndMLM(PretrainObjective):
             input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixels, pixel_mask=mask
         )
 
+    def description(self) -> str:
+        return (
+            f"ViLT image-text matching ({self.swap_rate:.0%} of the captions swapped) + masked language "
+            f"modelling ({self.mask_rate:.0%} of words)"
+        )
+
     def forward(self, batch: CaptionBatch, gen: torch.Generator) -> dict[str, torch.Tensor]:
         words = word_numbers(batch.input_ids, self.starts, self.specials)
         masked = whole_word_mask(words, self.mask_rate, gen)

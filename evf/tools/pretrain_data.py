@@ -14,9 +14,8 @@ import torch
 
 from evf.datamodules.captions import CaptionSource, CocoCaptions, JsonlCaptions, ShapesCaptions
 from evf.datamodules.common import item_rng
-from evf.datamodules.shapes.captions import place, probe_sentence
+from evf.datamodules.shapes.captions import probe_sentence
 from evf.datamodules.shapes.expressions import COLOURS, SHAPES
-from evf.datamodules.shapes.scene import ShapeObject
 from evf.encoders.pretraining import CaptionBatch, PretrainObjective
 from evf.errors import UsageError
 
@@ -131,16 +130,9 @@ PROBED_WORDS: dict[str, tuple[str, ...]] = {
     "row": ("top", "bottom"),
     "column": ("left", "right"),
 }
-"""Each probed word of the probe sentence and its choices (a place word only where the sentence has
-one: "in the top left" has both, "on the left" only a column, "in the centre" neither)."""
-
-
-def _probed_word(obj: ShapeObject, width: int, height: int, word: str) -> str | None:
-    if word in ("colour", "shape"):
-        return getattr(obj, word)
-    row, column = place(obj, width, height)
-    answer = row if word == "row" else column
-    return answer if answer in PROBED_WORDS[word] else None
+"""Each probed word of the probe sentence and its choices. A place word is probed only where the
+sentence has one ("in the top left" has both, "on the left" only a column, "in the centre" neither);
+row and column words score together as ``masked_place_accuracy``."""
 
 
 def _word_probes(objective: PretrainObjective, batcher: CaptionBatcher, chunk: list[int]) -> dict[str, float]:
@@ -156,36 +148,35 @@ def _word_probes(objective: PretrainObjective, batcher: CaptionBatcher, chunk: l
       the image: they measure binding, which the fine-tuned token needs to point at a referent.
     """
     tokenize = batcher.preprocessor.tokenize
+    pixels, texts, scene_colours = [], [], []
+    for index in chunk:
+        image, objects = batcher.source.scene(index)
+        height, width = image.shape[:2]
+        for obj in objects:
+            pixels.append(batcher._transform(index, image))
+            texts.append(probe_sentence(obj, width, height))
+            scene_colours.append([c in {o.colour for o in objects} for c in COLOURS])
+    tokens = tokenize(texts)
+    ids, attention = tokens["input_ids"], tokens["attention_mask"]
+    images = torch.stack(pixels)
     hits: dict[str, list[bool]] = {}
     for word, choices in PROBED_WORDS.items():
         choice_ids = torch.tensor([int(tokenize([c])["input_ids"][0, 1]) for c in choices])
-        pixels, texts, answers, present = [], [], [], []
-        for index in chunk:
-            image, objects = batcher.source.scene(index)
-            height, width = image.shape[:2]
-            for obj in objects:
-                answer = _probed_word(obj, width, height, word)
-                if answer is not None:
-                    pixels.append(batcher._transform(index, image))
-                    texts.append(probe_sentence(obj, width, height))
-                    answers.append(choices.index(answer))
-                    present.append([c in {o.colour for o in objects} for c in choices])
-        if not texts:
-            continue
-        tokens = tokenize(texts)
-        ids = tokens["input_ids"]
-        masked = torch.isin(ids, choice_ids)  # the probed word (no sentence has two of one kind)
-        batch = CaptionBatch(torch.stack(pixels), ids, tokens["attention_mask"], texts)
-        logits = objective.masked_word_logits(batch, masked)
+        masked = torch.isin(ids, choice_ids)  # the probed word: at most one per sentence
+        rows = masked.any(1)
+        said = [text for text, has_word in zip(texts, rows.tolist(), strict=True) if has_word]
+        batch = CaptionBatch(images[rows], ids[rows], attention[rows], said)
+        logits = objective.masked_word_logits(batch, masked[rows])
         if logits is None:
             return {}
-        scores = logits[masked][:, choice_ids]
-        target = torch.tensor(answers)
+        scores = logits[masked[rows]][:, choice_ids]
+        target = (ids[masked][:, None] == choice_ids).long().argmax(1)  # the word the sentence says
         name = "place" if word in ("row", "column") else word
         hits.setdefault(f"masked_{name}_accuracy", []).extend((scores.argmax(-1) == target).tolist())
         if word == "colour":
-            in_scene = scores.masked_fill(~torch.tensor(present), float("-inf")).argmax(-1)
-            hits.setdefault("masked_colour_in_scene_accuracy", []).extend((in_scene == target).tolist())
+            present = torch.tensor(scene_colours)[rows]
+            in_scene = scores.masked_fill(~present, float("-inf")).argmax(-1)
+            hits["masked_colour_in_scene_accuracy"] = (in_scene == target).tolist()
     return {name: float(np.mean(values)) for name, values in hits.items()}
 
 

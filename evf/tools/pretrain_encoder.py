@@ -51,26 +51,7 @@ from evf.tools.seeding import deterministic_cpu
 log = logging.getLogger(__name__)
 
 _MASK_STREAM = 0x3A5C
-OBJECTIVE_NAMES = {
-    "beit3": "BEIT-3 masked data modelling: {mask_rate:.0%} of the caption's words masked{always}, "
-    "predicted from image + text; {patch_mask_rate:.0%} of the patches masked in blocks",
-    "clip": "CLIP symmetric image-text contrastive loss (InfoNCE both ways, learnt temperature)",
-    "vilt": "ViLT image-text matching (half the captions swapped) + masked language modelling (15% of words)",
-}
 DEFAULT_OUT = {"beit3": "{name}_shapes.pth", "clip": "{name}_shapes.pt", "vilt": "{name}_shapes"}
-
-
-def _describe_objective(family: str, objective_kwargs: dict[str, Any]) -> str:
-    if family != "beit3":
-        return OBJECTIVE_NAMES[family]
-    from evf.encoders.beit3.pretraining import MASK_RATE, PATCH_MASK_RATE
-
-    always = objective_kwargs.get("always_masked", ())
-    return OBJECTIVE_NAMES[family].format(
-        mask_rate=objective_kwargs.get("mask_rate", MASK_RATE),
-        patch_mask_rate=objective_kwargs.get("patch_mask_rate", PATCH_MASK_RATE),
-        always=f" and every {', '.join(repr(w) for w in always)}" if always else "",
-    )
 
 
 @dataclass
@@ -171,7 +152,7 @@ def pretrain_encoder(
         return _pretrain(
             encoder, encoder_kwargs or {}, objective_kwargs or {}, family, out, captions, images,
             tokenizer, steps, batch_size, lr, warmup_steps, weight_decay, num_train, num_probe,
-            max_sentences, tuple(scene_objects), seed, save_every, stop_after, progress,
+            max_sentences, scene_objects, seed, save_every, stop_after, progress,
         )  # fmt: skip
 
 
@@ -256,7 +237,7 @@ def _pretrain(
     written = objective.save(out)
     report = PretrainEncoderReport(
         encoder=encoder, encoder_kwargs=encoder_kwargs, objective_kwargs=objective_kwargs,
-        objective=_describe_objective(family, objective_kwargs),
+        objective=objective.description(),
         data=describe_source(train_source, len(train_indices)),
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, seconds=round(seconds, 1), probe=reached,
         random_init_probe=baseline, parameters=sum(p.numel() for p in objective.encoder.parameters()),

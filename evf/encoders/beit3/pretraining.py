@@ -25,6 +25,7 @@ every fusion mode.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ class BEiT3MaskedDataModelling(PretrainObjective):
         encoder: BEiT3Encoder,
         mask_rate: float = MASK_RATE,
         patch_mask_rate: float = PATCH_MASK_RATE,
-        always_masked: tuple[str, ...] = (),
+        always_masked: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if encoder.fusion != "early" or TEXT not in encoder.plan.normed:
@@ -116,7 +117,10 @@ class BEiT3MaskedDataModelling(PretrainObjective):
         self.register_buffer("starts", torch.tensor([p.startswith("▁") for p in pieces]), persistent=False)
         self.register_buffer("specials", specials, persistent=False)
         self.mask_id = tokenizer.mask_id
-        self.register_buffer("always_masked_ids", self._single_piece_ids(always_masked), persistent=False)
+        self.always_masked = tuple(always_masked)
+        self.register_buffer(
+            "always_masked_ids", self._single_piece_ids(self.always_masked), persistent=False
+        )
 
     def _single_piece_ids(self, words: tuple[str, ...]) -> torch.Tensor:
         tokenize = self.encoder.preprocessor.tokenize
@@ -128,6 +132,13 @@ class BEiT3MaskedDataModelling(PretrainObjective):
                 raise ValueError(f"always_masked: {word!r} is {len(inner)} pieces of the tokenizer, not one")
             ids.append(int(inner[0]))
         return torch.tensor(ids, dtype=torch.long)
+
+    def description(self) -> str:
+        always = f" and every {', '.join(repr(w) for w in self.always_masked)}" if self.always_masked else ""
+        return (
+            f"BEIT-3 masked data modelling: {self.mask_rate:.0%} of the caption's words masked{always}, "
+            f"predicted from image + text; {self.patch_mask_rate:.0%} of the patches masked in blocks"
+        )
 
     def forward(self, batch: CaptionBatch, gen: torch.Generator) -> dict[str, torch.Tensor]:
         masked = self.text_mask(batch.input_ids, gen)
@@ -200,12 +211,9 @@ def build_objective(
 ) -> BEiT3MaskedDataModelling:
     """Masked data modelling around a random-init ``encoder`` (a registered BEIT-3 name);
     ``objective_kwargs``: ``mask_rate``, ``patch_mask_rate``, ``always_masked``."""
-    kwargs = dict(objective_kwargs or {})
-    if "always_masked" in kwargs:
-        kwargs["always_masked"] = tuple(kwargs["always_masked"])
     return BEiT3MaskedDataModelling(
         create_encoder(encoder, tokenizer=tokenizer, fusion="early", **encoder_kwargs, feature="concat"),
-        **kwargs,
+        **(objective_kwargs or {}),
     )
 
 
